@@ -1,0 +1,160 @@
+"""Domain commands: what an inbound message (HL7, FHIR, ...) asks the core to do.
+
+Adapters and the mapping engine build these plain values; services apply them inside one unit of
+work. Every value here is already interpreted: names are DICOM person names
+(family^given^middle^prefix^suffix), dates are ``datetime.date``, scheduled times are naive
+datetimes in the site's zone, identifiers are trimmed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PatientData:
+    patient_id: str
+    issuer: str = ""
+    name: str | None = None          # None: not given (keep what is stored); "": clear it
+    birth_date: dt.date | None = None
+    birth_date_given: bool = False    # distinguishes "no value sent" from "cleared"
+    sex: str | None = None
+
+
+@dataclass(frozen=True)
+class StepData:
+    sps_id: str
+    modality: str
+    scheduled_start: dt.datetime
+    station_aets: tuple[str, ...] = ()
+    station_name: str = ""
+    description: str = ""
+    performing_physician: str = ""
+
+
+@dataclass(frozen=True)
+class ProcedureData:
+    requested_procedure_id: str
+    study_instance_uid: str
+    code_value: str = ""
+    code_scheme: str = ""
+    code_meaning: str = ""
+    description: str = ""
+    priority: str = ""
+    steps: tuple[StepData, ...] = ()
+
+
+@dataclass(frozen=True)
+class OrderRef:
+    """How a message names an existing order: any of these may identify it (first match wins)."""
+
+    placer_order_number: str = ""
+    placer_issuer: str = ""
+    filler_order_number: str = ""
+    accession_number: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.placer_order_number:
+            parts.append(f"placer order {self.placer_order_number}" + (f"^{self.placer_issuer}" if self.placer_issuer else ""))
+        if self.filler_order_number:
+            parts.append(f"filler order {self.filler_order_number}")
+        if self.accession_number:
+            parts.append(f"accession {self.accession_number}")
+        return ", ".join(parts) or "no order identifier"
+
+
+@dataclass(frozen=True)
+class OrderData:
+    ref: OrderRef
+    accession_number: str            # "" = let the engine assign one
+    priority: str = ""
+    referring_physician: str = ""
+    requesting_physician: str = ""
+    reason: str = ""
+    procedures: tuple[ProcedureData, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegisterPatient:
+    """Create the patient, or update the one with the same identifier (ADT A01/A04/A05/A08/A28/A31)."""
+
+    patient: PatientData
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    """A new order (ORC-1 NW): patient registered or updated, order, procedures and steps created."""
+
+    patient: PatientData
+    order: OrderData
+
+
+@dataclass(frozen=True)
+class UpdateOrder:
+    """Change an existing order in place (ORC-1 XO): same accession, same Study Instance UID."""
+
+    patient: PatientData
+    order: OrderData
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    """Cancel (CA) or discontinue (DC) an order: its steps leave the worklist; studies stay."""
+
+    ref: OrderRef
+    discontinue: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """What caused a change: recorded with it (the message id, MPPS UID, user...)."""
+
+    kind: str
+    reference: str = ""
+    sender: str = ""
+    message_fk: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PerformedStepData:
+    """What a modality reports in MPPS N-CREATE / N-SET (DICOM PS3.4 F.7, IHE RAD-6/RAD-7)."""
+
+    sop_instance_uid: str
+    status: str                       # "IN PROGRESS", "COMPLETED", "DISCONTINUED"
+    station_aet: str = ""
+    modality: str = ""
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    sps_id: str = ""
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class InstanceData:
+    """Header of one stored DICOM instance, extracted by the storage adapter."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+    size: int
+    transfer_syntax_uid: str = ""
+    patient_id: str = ""
+    issuer: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    modality: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    instance_number: str = ""
+    calling_aet: str = ""

@@ -1,0 +1,107 @@
+"""Procedure tracking from Modality Performed Procedure Steps (DICOM PS3.4 F.7; IHE RAD-6, RAD-7).
+
+N-CREATE starts a Performed Procedure Step "IN PROGRESS" (PS3.4 F.7.2.1.1: any other initial
+status is refused); N-SET moves it to "COMPLETED" or "DISCONTINUED", after which it may no longer
+be changed (F.7.2.2.2). The scheduled step it performs is found by its SPS ID (with the accession
+number when given), else by accession number, else by Study Instance UID; the step, and the order
+when all its steps are done, follow the performed step's status.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.commands import PerformedStepData
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import (Order, OrderStatus, PerformedStatus, PerformedStep, ProcedureStep, RequestedProcedure,
+                        StepStatus)
+
+FINAL_STEP = (StepStatus.COMPLETED, StepStatus.DISCONTINUED, StepStatus.CANCELLED)
+
+
+def _status(value: str) -> PerformedStatus:
+    try:
+        return PerformedStatus(value.strip().upper())
+    except ValueError:
+        raise InvalidInput(f"performed procedure step status {value!r} is not IN PROGRESS, COMPLETED or "
+                           "DISCONTINUED", location="performed.status") from None
+
+
+def find_scheduled_step(session: Session, data: PerformedStepData) -> ProcedureStep | None:
+    base = (select(ProcedureStep).join(ProcedureStep.procedure).join(RequestedProcedure.order)
+            .order_by(ProcedureStep.id))
+    if data.sps_id:
+        q = base.where(ProcedureStep.sps_id == data.sps_id)
+        if data.accession_number:
+            q = q.where(Order.accession_number == data.accession_number)
+        step = session.scalars(q).first()
+        if step is not None:
+            return step
+    if data.accession_number:
+        q = base.where(Order.accession_number == data.accession_number)
+        if data.requested_procedure_id:
+            q = q.where(RequestedProcedure.requested_procedure_id == data.requested_procedure_id)
+        step = session.scalars(q).first()
+        if step is not None:
+            return step
+    if data.study_instance_uid:
+        return session.scalars(base.where(RequestedProcedure.study_instance_uid == data.study_instance_uid)).first()
+    return None
+
+
+def start_performed_step(session: Session, data: PerformedStepData) -> PerformedStep:
+    """N-CREATE: record the performed step and put the scheduled step IN_PROGRESS."""
+    if not data.sop_instance_uid:
+        raise InvalidInput("Affected SOP Instance UID missing", location="performed.sop_instance_uid", missing=True)
+    status = _status(data.status)
+    if status is not PerformedStatus.IN_PROGRESS:
+        raise InvalidInput(f"a performed procedure step must be created IN PROGRESS, not {status.value}",
+                           location="performed.status")
+    if session.scalars(select(PerformedStep).where(PerformedStep.sop_instance_uid == data.sop_instance_uid)).first():
+        raise Conflict(f"performed procedure step {data.sop_instance_uid} already exists",
+                       location="performed.sop_instance_uid")
+    step = find_scheduled_step(session, data)
+    performed = PerformedStep(
+        sop_instance_uid=data.sop_instance_uid, status=status, step=step, station_aet=data.station_aet,
+        modality=data.modality, study_instance_uid=data.study_instance_uid,
+        accession_number=data.accession_number, started_at=data.started_at,
+    )
+    session.add(performed)
+    if step is not None and step.status not in FINAL_STEP:
+        step.status = StepStatus.IN_PROGRESS
+        order = step.procedure.order
+        if order.status == OrderStatus.SCHEDULED:
+            order.status = OrderStatus.IN_PROGRESS
+    session.flush()
+    return performed
+
+
+def update_performed_step(session: Session, data: PerformedStepData) -> PerformedStep:
+    """N-SET: change an IN PROGRESS performed step; COMPLETED/DISCONTINUED are final."""
+    performed = session.scalars(
+        select(PerformedStep).where(PerformedStep.sop_instance_uid == data.sop_instance_uid)
+    ).first()
+    if performed is None:
+        raise NotFound(f"no performed procedure step {data.sop_instance_uid}", location="performed.sop_instance_uid")
+    if performed.status is not PerformedStatus.IN_PROGRESS:
+        raise Conflict(f"performed procedure step {data.sop_instance_uid} is {performed.status.value} and may no "
+                       "longer be updated", location="performed.status")
+    new_status = _status(data.status) if data.status else performed.status
+    performed.status = new_status
+    if data.ended_at is not None:
+        performed.ended_at = data.ended_at
+    step = performed.step
+    if step is not None and new_status is not PerformedStatus.IN_PROGRESS and step.status not in FINAL_STEP:
+        step.status = StepStatus.COMPLETED if new_status is PerformedStatus.COMPLETED else StepStatus.DISCONTINUED
+        _settle_order(step.procedure.order)
+    session.flush()
+    return performed
+
+
+def _settle_order(order: Order) -> None:
+    """An order whose steps are all final is COMPLETED (if any step completed) or DISCONTINUED."""
+    steps = [s for p in order.procedures for s in p.steps]
+    if steps and all(s.status in FINAL_STEP for s in steps) and order.status is OrderStatus.IN_PROGRESS:
+        done = any(s.status is StepStatus.COMPLETED for s in steps)
+        order.status = OrderStatus.COMPLETED if done else OrderStatus.DISCONTINUED

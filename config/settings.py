@@ -1,0 +1,129 @@
+"""Engine settings: one documented default per setting, overridable by environment (RIS_...).
+
+This module imports nothing of ours. Every setting has a default that runs the whole engine on the
+embedded default (SQLite and files under a data folder); each can be overridden by an environment
+variable named ``RIS_<NAME>`` (upper case), or by keyword arguments in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+    kwargs = {"metadata": {"doc": text}}
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    if default_factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = default_factory
+    return field(**kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one engine process. Build with :func:`load_settings`."""
+
+    data_dir: Path = _doc("Folder for the SQLite database, the archive and logs.", Path("data"))
+    host: str = _doc("Address every listener binds to (MLLP, DICOM, HTTP).", "127.0.0.1")
+    mllp_port: int = _doc("TCP port of the HL7 v2 MLLP listener.", 2575)
+    dicom_port: int = _doc("TCP port of the DICOM AE (echo, worklist, MPPS, storage).", 11112)
+    dicom_aet: str = _doc("AE title of the engine's DICOM AE.", "RIS")
+    http_port: int = _doc("TCP port of the HTTP side (health, JSON API, FHIR).", 8080)
+    database_url: str = _doc(
+        "SQLAlchemy URL; empty means SQLite at <data_dir>/ris.db. PostgreSQL: "
+        "postgresql+psycopg://user@host:5432/db", ""
+    )
+    archive_dir: str = _doc("Folder of the DICOM archive; empty means <data_dir>/archive.", "")
+    mappings_dir: str = _doc("Folder of the mapping profiles; empty means the shipped mappings/.", "")
+    mapping_profile: str = _doc("Name of the mapping profile used for every sender.", "default")
+    hl7_application: str = _doc("Our MSH-3 (sending application) in ACKs and outbound messages.", "RIS")
+    hl7_facility: str = _doc("Our MSH-4 (sending facility) in ACKs and outbound messages.", "RADIOLOGY")
+    hl7_default_charset: str = _doc(
+        "Python codec for messages whose MSH-18 is empty (UTF-8 is tried first, then this).", "latin-1"
+    )
+    hl7_charset_mismatch: str = _doc(
+        "When MSH-18 declares an 8859 set but the bytes are valid UTF-8: 'prefer-utf8' or 'declared'.",
+        "prefer-utf8",
+    )
+    hl7_max_message_size: int = _doc("Largest accepted HL7 message in bytes (larger: ACK AR).", 16 * 1024 * 1024)
+    mllp_idle_timeout: float = _doc("Seconds an MLLP connection may stay silent before it is closed.", 600.0)
+    mllp_workers: int = _doc("Threads that apply HL7 messages (one connection's messages stay in order).", 8)
+    site_timezone: str = _doc(
+        "IANA zone of the department; HL7 times without an offset and DICOM times are in this zone.",
+        "UTC",
+    )
+    uid_root: str = _doc("UID root for generated Study Instance UIDs and other UIDs.", "1.2.826.0.1.3680043.10.1356")
+    worklist_statuses: tuple[str, ...] = _doc(
+        "Procedure step statuses a modality sees in the worklist.", ("SCHEDULED", "ARRIVED", "READY")
+    )
+    worklist_max_results: int = _doc("Most C-FIND worklist answers per query (0 = no limit).", 0)
+    dicom_specific_character_set: str = _doc(
+        "Character set of worklist answers: 'ISO_IR 192' (UTF-8) encodes every script.", "ISO_IR 192"
+    )
+    dicom_max_associations: int = _doc("Most simultaneous DICOM associations.", 32)
+    scheduler_enabled: bool = _doc("Run the scheduled jobs in this process.", True)
+    log_level: str = _doc("Python logging level.", "INFO")
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{(Path(self.data_dir) / 'ris.db').resolve()}"
+
+    @property
+    def archive_path(self) -> Path:
+        return Path(self.archive_dir) if self.archive_dir else Path(self.data_dir) / "archive"
+
+    @property
+    def mappings_path(self) -> Path:
+        return Path(self.mappings_dir) if self.mappings_dir else REPO_ROOT / "mappings"
+
+
+def _convert(name: str, raw: str, kind):
+    try:
+        if kind is bool:
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float, str, Path):
+            return kind(raw)
+        if kind == tuple[str, ...]:
+            return tuple(v.strip() for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise SettingsError(f"RIS_{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    raise SettingsError(f"no conversion for setting {name}")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def load_settings(env: dict | None = None, **overrides) -> Settings:
+    """Defaults, then ``RIS_*`` environment variables, then keyword overrides (tests)."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(Settings)
+    values = {}
+    for f in fields(Settings):
+        key = f"RIS_{f.name.upper()}"
+        if key in env:
+            values[f.name] = _convert(f.name, env[key], hints[f.name])
+    values.update(overrides)
+    return Settings(**values)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, documentation) for every setting: for the README and ``ris settings``."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((f"RIS_{f.name.upper()}", str(default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,190 @@
+"""Apply a mapping profile to one tokenized HL7 v2 message: the domain commands it asks for.
+
+Nothing is written here; the result is plain command values (app.commands) that the intake
+applies in one unit of work. The same function serves the analyst's dry run.
+
+Groups: every OBR segment is one requested procedure with one scheduled step (HL7 v2.5.1
+4.4.1: ORC/OBR order groups). Order values are read from the first occurrence of their segment;
+procedure and step values from the k-th occurrence of their segment for the k-th OBR when the
+message has that many (ORC, OBR, ZDS, IPC, TQ1 repeat per order), else from the first.
+
+The message is any object with ``value``/``values`` (mappings.transforms.MessageView), ``all(segment)``,
+``message_code`` and ``trigger_event``: the HL7 tokenizer's Message is one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.commands import (CancelOrder, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData,
+                          RegisterPatient, StepData, UpdateOrder)
+from app.errors import InvalidInput, UnknownCode, Unsupported
+from mappings.profile import FieldSpec, Profile
+from mappings.transforms import HL7_NULL, TRANSFORMS, Context
+
+
+@dataclass
+class MappingResult:
+    commands: list
+    action: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _count(msg, segment: str) -> int:
+    return len(msg.all(segment))
+
+
+def message_type(msg) -> str:
+    return f"{msg.message_code}^{msg.trigger_event}"
+
+
+def locate(profile: Profile, key: str, msg) -> str | None:
+    """The HL7 field an error about domain value ``key`` should point at (for ERR-2).
+
+    The first source path whose segment is in the message, else the first source path.
+    """
+    spec = profile.spec(key)
+    if spec is None:
+        return None
+    for source in spec.sources:
+        if _count(msg, source.path.segment):
+            return source.path.location
+    return spec.sources[0].path.location
+
+
+class Mapper:
+    def __init__(self, profile: Profile):
+        self.profile = profile
+
+    # Reading values ----------------------------------------------------------------------
+    def read(self, key: str, msg, ctx: Context, k: int = 1):
+        """The domain value ``key`` for the k-th order group, or None when no source has one."""
+        spec = self.profile.spec(key)
+        if spec is None:
+            return None
+        value = self._first(spec, msg, ctx, k)
+        if value is None and spec.otherwise == "received":
+            value = ctx.local_naive(ctx.received_at)
+        if spec.required and (value is None or value in ("", HL7_NULL)):
+            paths = ", ".join(str(s.path) for s in spec.sources)
+            raise InvalidInput(f"{key} missing: none of {paths} has a value", location=key, missing=True)
+        return value
+
+    def _first(self, spec: FieldSpec, msg, ctx: Context, k: int):
+        kind, fn = TRANSFORMS[spec.transform]
+        for source in spec.sources:
+            p = source.path
+            occ = k if _count(msg, p.segment) >= k else 1
+            if p.rep is None:
+                values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
+                values = [v for v in values if v and v != HL7_NULL]
+                if values:
+                    return tuple(values)
+                continue
+            if kind == "field":
+                value = fn(msg, p, occ, ctx)
+                if value:
+                    return value
+                continue
+            raw = msg.value(p.segment, p.field, p.rep, p.comp, p.sub, occ).strip()
+            if source.regex is not None and raw:
+                m = source.regex.search(raw)
+                raw = (m.group(1) if m.groups() else m.group(0)) if m else ""
+            if not raw:
+                continue
+            if raw == HL7_NULL:
+                return HL7_NULL
+            value = fn(raw, ctx)
+            if value not in (None, ""):
+                return value
+        return None
+
+    def text(self, key: str, msg, ctx: Context, k: int = 1) -> str:
+        value = self.read(key, msg, ctx, k)
+        if value is None or value == HL7_NULL:
+            return ""
+        return value if isinstance(value, str) else str(value)
+
+    # Commands ----------------------------------------------------------------------------
+    def commands(self, msg, ctx: Context) -> MappingResult:
+        mtype = message_type(msg)
+        action = self.profile.messages.get(mtype)
+        if action is None:
+            raise Unsupported(f"message type {mtype or '(empty)'} is not handled by profile "
+                              f"{self.profile.name!r}", location="MSH-9")
+        if action == "register_patient":
+            result = MappingResult([RegisterPatient(self.patient(msg, ctx))], action)
+        else:
+            result = self.order_commands(msg, ctx)
+        result.warnings = list(ctx.warnings)
+        return result
+
+    def patient(self, msg, ctx: Context) -> PatientData:
+        name = self.read("patient.name", msg, ctx)
+        birth = self.read("patient.birth_date", msg, ctx)
+        sex = self.read("patient.sex", msg, ctx)
+        return PatientData(
+            patient_id=self.text("patient.id", msg, ctx),
+            issuer=self.text("patient.issuer", msg, ctx),
+            name=None if name is None else ("" if name == HL7_NULL else name),
+            birth_date=None if birth in (None, HL7_NULL) else birth,
+            birth_date_given=birth is not None,
+            sex=None if sex is None else ("" if sex == HL7_NULL else sex),
+        )
+
+    def order_ref(self, msg, ctx: Context) -> OrderRef:
+        return OrderRef(
+            placer_order_number=self.text("order.placer_order_number", msg, ctx),
+            placer_issuer=self.text("order.placer_issuer", msg, ctx),
+            filler_order_number=self.text("order.filler_order_number", msg, ctx),
+            accession_number=self.text("order.accession_number", msg, ctx),
+        )
+
+    def order_commands(self, msg, ctx: Context) -> MappingResult:
+        if not _count(msg, "ORC") and not _count(msg, "OBR"):
+            raise InvalidInput("order message without ORC and OBR segments", location="ORC", missing=True)
+        control = self.text("order.control", msg, ctx)
+        action = self.profile.order_controls.get(control)
+        if action is None:
+            known = ", ".join(sorted(self.profile.order_controls))
+            raise UnknownCode(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
+                              f"{known})", location="order.control")
+        ref = self.order_ref(msg, ctx)
+        if action in ("cancel", "discontinue"):
+            cmd = CancelOrder(ref=ref, discontinue=action == "discontinue",
+                              reason=self.text("order.reason", msg, ctx))
+            return MappingResult([cmd], action)
+        order = OrderData(
+            ref=ref,
+            accession_number=ref.accession_number,
+            priority=self.text("order.priority", msg, ctx),
+            referring_physician=self.text("order.referring_physician", msg, ctx),
+            requesting_physician=self.text("order.requesting_physician", msg, ctx),
+            reason=self.text("order.reason", msg, ctx),
+            procedures=tuple(self.procedure(msg, ctx, k) for k in range(1, max(1, _count(msg, "OBR")) + 1)),
+        )
+        patient = self.patient(msg, ctx)
+        cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
+        return MappingResult([cmd], action)
+
+    def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
+        aets = self.read("step.station_aets", msg, ctx, k)
+        step = StepData(
+            sps_id=self.text("step.sps_id", msg, ctx, k),
+            modality=self.text("step.modality", msg, ctx, k),
+            scheduled_start=self.read("step.scheduled_start", msg, ctx, k),
+            station_aets=tuple(aets) if isinstance(aets, tuple) else ((aets,) if aets else ()),
+            station_name=self.text("step.station_name", msg, ctx, k),
+            description=self.text("step.description", msg, ctx, k),
+            performing_physician=self.text("step.performing_physician", msg, ctx, k),
+        )
+        return ProcedureData(
+            requested_procedure_id=self.text("procedure.requested_procedure_id", msg, ctx, k),
+            study_instance_uid=self.text("procedure.study_instance_uid", msg, ctx, k),
+            code_value=self.text("procedure.code_value", msg, ctx, k),
+            code_scheme=self.text("procedure.code_scheme", msg, ctx, k),
+            code_meaning=self.text("procedure.code_meaning", msg, ctx, k),
+            description=self.text("procedure.description", msg, ctx, k),
+            priority=self.text("procedure.priority", msg, ctx, k),
+            steps=(step,),
+        )
