@@ -57,7 +57,8 @@ class OrderRef:
     def describe(self) -> str:
         parts = []
         if self.placer_order_number:
-            parts.append(f"placer order {self.placer_order_number}" + (f"^{self.placer_issuer}" if self.placer_issuer else ""))
+            issuer = f" of {self.placer_issuer}" if self.placer_issuer else ""
+            parts.append(f"placer order {self.placer_order_number}{issuer}")
         if self.filler_order_number:
             parts.append(f"filler order {self.filler_order_number}")
         if self.accession_number:

@@ -156,7 +156,7 @@ class RequestedProcedure(Base):
 
     id: Mapped[intpk]
     order_fk: Mapped[int] = mapped_column(ForeignKey("orders.id"), nullable=False, index=True)
-    requested_procedure_id: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    requested_procedure_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     code_value: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     code_scheme: Mapped[str] = mapped_column(String(64), nullable=False, default="")
@@ -181,7 +181,7 @@ class ProcedureStep(Base):
 
     id: Mapped[intpk]
     procedure_fk: Mapped[int] = mapped_column(ForeignKey("requested_procedures.id"), nullable=False, index=True)
-    sps_id: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    sps_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     modality: Mapped[str] = mapped_column(String(16), nullable=False)
     station_name: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     scheduled_start: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False, index=True)

@@ -45,7 +45,7 @@ class Settings:
     hl7_application: str = _doc("Our MSH-3 (sending application) in ACKs and outbound messages.", "RIS")
     hl7_facility: str = _doc("Our MSH-4 (sending facility) in ACKs and outbound messages.", "RADIOLOGY")
     hl7_default_charset: str = _doc(
-        "Python codec for messages whose MSH-18 is empty (UTF-8 is tried first, then this).", "latin-1"
+        "Python codec tried first for messages whose MSH-18 is empty (Latin-1 is the fallback).", "utf-8"
     )
     hl7_charset_mismatch: str = _doc(
         "When MSH-18 declares an 8859 set but the bytes are valid UTF-8: 'prefer-utf8' or 'declared'.",

@@ -38,11 +38,14 @@ def message_type(msg) -> str:
     return f"{msg.message_code}^{msg.trigger_event}"
 
 
-def locate(profile: Profile, key: str, msg) -> str | None:
+def locate(profile: Profile, key: str, msg, origins: dict[str, str] | None = None) -> str | None:
     """The HL7 field an error about domain value ``key`` should point at (for ERR-2).
 
-    The first source path whose segment is in the message, else the first source path.
+    The field the value was read from; for a missing value the first source path whose segment
+    is in the message, else the first source path.
     """
+    if origins and key in origins:
+        return origins[key]
     spec = profile.spec(key)
     if spec is None:
         return None
@@ -62,7 +65,9 @@ class Mapper:
         spec = self.profile.spec(key)
         if spec is None:
             return None
-        value = self._first(spec, msg, ctx, k)
+        value, origin = self._first(spec, msg, ctx, k)
+        if origin is not None:
+            ctx.origins.setdefault(key, origin)
         if value is None and spec.otherwise == "received":
             value = ctx.local_naive(ctx.received_at)
         if spec.required and (value is None or value in ("", HL7_NULL)):
@@ -79,12 +84,12 @@ class Mapper:
                 values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
                 values = [v for v in values if v and v != HL7_NULL]
                 if values:
-                    return tuple(values)
+                    return tuple(values), p.location
                 continue
             if kind == "field":
                 value = fn(msg, p, occ, ctx)
                 if value:
-                    return value
+                    return value, p.location
                 continue
             raw = msg.value(p.segment, p.field, p.rep, p.comp, p.sub, occ).strip()
             if source.regex is not None and raw:
@@ -93,11 +98,11 @@ class Mapper:
             if not raw:
                 continue
             if raw == HL7_NULL:
-                return HL7_NULL
+                return HL7_NULL, p.location
             value = fn(raw, ctx)
             if value not in (None, ""):
-                return value
-        return None
+                return value, p.location
+        return None, None
 
     def text(self, key: str, msg, ctx: Context, k: int = 1) -> str:
         value = self.read(key, msg, ctx, k)

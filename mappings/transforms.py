@@ -30,6 +30,7 @@ class Context:
     parse_dtm: Callable[[str, dt.tzinfo | None], dt.datetime | None]
     parse_date: Callable[[str], dt.date | None]
     warnings: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)   # domain key -> the field path that gave it
 
     def local_naive(self, value: dt.datetime) -> dt.datetime:
         """A time as the department's wall clock (DICOM times carry no zone)."""

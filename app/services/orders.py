@@ -10,7 +10,7 @@ from the accession, so it is the same if the order is sent again (BUG-03).
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.commands import CancelOrder, Cause, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
@@ -24,22 +24,30 @@ OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.READY
 
 
 def find_order(session: Session, ref: OrderRef) -> Order | None:
-    """The order a message refers to: by placer number (+ issuer), else filler number, else accession."""
-    candidates = []
+    """The order a message refers to, by placer number (+ issuer), filler number or accession.
+
+    The first identifier given selects the candidates; a candidate must agree with every other
+    identifier the message gives (an order is never found by its accession number when the
+    message names another placer order).
+    """
     if ref.placer_order_number:
         q = select(Order).where(Order.placer_order_number == ref.placer_order_number)
-        if ref.placer_issuer:
-            q = q.where(or_(Order.placer_issuer == ref.placer_issuer, Order.placer_issuer == ""))
-        candidates.append(q)
-    if ref.filler_order_number:
-        candidates.append(select(Order).where(Order.filler_order_number == ref.filler_order_number))
-    if ref.accession_number:
-        candidates.append(select(Order).where(Order.accession_number == ref.accession_number))
-    for q in candidates:
-        order = session.scalars(q.order_by(Order.id.desc())).first()
-        if order is not None:
+    elif ref.filler_order_number:
+        q = select(Order).where(Order.filler_order_number == ref.filler_order_number)
+    elif ref.accession_number:
+        q = select(Order).where(Order.accession_number == ref.accession_number)
+    else:
+        return None
+    for order in session.scalars(q.order_by(Order.id.desc())):
+        if _agrees(order, ref):
             return order
     return None
+
+
+def _agrees(order: Order, ref: OrderRef) -> bool:
+    pairs = ((order.placer_order_number, ref.placer_order_number), (order.placer_issuer, ref.placer_issuer),
+             (order.filler_order_number, ref.filler_order_number), (order.accession_number, ref.accession_number))
+    return all(not mine or not theirs or mine == theirs for mine, theirs in pairs)
 
 
 def find_order_by_accession(session: Session, accession: str) -> Order | None:
@@ -142,15 +150,20 @@ def apply_order_command(session: Session, command, cause: Cause, *, uid_root: st
 
 # Helpers -------------------------------------------------------------------------------------
 def _check_order(data: OrderData) -> None:
-    """Refuse identifiers that do not fit the DICOM attributes they become."""
+    """Refuse identifiers that cannot be used as keys.
+
+    The accession number must fit its DICOM attribute (SH, 16 characters): a modality that cut it
+    would link its images to nothing. Requested Procedure and SPS IDs (also SH) are taken up to
+    64 characters as senders use them (corpus: dcm4che's 'ScheduledProcStepID').
+    """
     identifier(data.ref.placer_order_number, 64, "order.placer_order_number")
     identifier(data.ref.filler_order_number, 64, "order.filler_order_number")
     identifier(data.accession_number, 16, "order.accession_number")
     for proc in data.procedures:
-        identifier(proc.requested_procedure_id, 16, "procedure.requested_procedure_id")
+        identifier(proc.requested_procedure_id, 64, "procedure.requested_procedure_id")
         uid(proc.study_instance_uid, "procedure.study_instance_uid")
         for step in proc.steps:
-            identifier(step.sps_id, 16, "step.sps_id")
+            identifier(step.sps_id, 64, "step.sps_id")
             identifier(step.modality, 16, "step.modality")
             for aet in step.station_aets:
                 identifier(aet, 16, "step.station_aets")

@@ -1,0 +1,1 @@
+"""FHIR R4 interface. So far: the CapabilityStatement, which states exactly what exists."""

@@ -1,0 +1,24 @@
+"""The HTTP side: a Flask application factory (health, JSON API); other blueprints (FHIR) are
+registered by the composition root (interfaces.runtime)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from interfaces.http.api import api
+from interfaces.http.problems import register_problem_handlers
+
+
+def create_app(settings, session_factory, read_factory, *, blueprints=()) -> Flask:
+    """Build the web application. ``settings`` and the session factories are passed in, so tests
+    give their own (Flask tutorial's factory pattern)."""
+    app = Flask("ris")
+    app.config["RIS_SETTINGS"] = settings
+    app.extensions["ris.sessions"] = session_factory
+    app.extensions["ris.read_sessions"] = read_factory
+    app.json.sort_keys = False
+    register_problem_handlers(app)
+    app.register_blueprint(api)
+    for bp in blueprints:
+        app.register_blueprint(bp)
+    return app

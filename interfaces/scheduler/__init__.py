@@ -1,0 +1,1 @@
+"""Scheduled jobs (APScheduler 3): thin job functions that call the core or an intake."""

@@ -1,0 +1,235 @@
+"""HL7 intake (store, decode, map, apply, acknowledge) called directly, without sockets.
+
+Fixtures are synthetic messages written for these tests (no real patient data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import unit_of_work
+from app.models import InboundMessage, MessageStatus, Order, OrderStatus, Patient, StepStatus
+from app.queries.worklist import Text, WorklistQuery, find_worklist_items
+from interfaces.hl7.intake import HL7Intake
+from mappings.profile import ProfileSet
+
+
+def hl7(*segments: str) -> bytes:
+    return ("\r".join(segments) + "\r").encode("latin-1")
+
+
+def seg(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: value} (1-based, as the standard numbers fields)."""
+    values = [""] * max(fields)
+    for number, value in fields.items():
+        values[number - 1] = value
+    return "|".join([name, *values])
+
+
+def orm(control: str, ctrl_id: str, *, code="CTH^CT head^L", placer="PL-100", accession="ACC-100", modality="CT",
+        start="20261204093000", pid="PAT-1", name="TESTER^ANNA^M", aets="CT_ROOM1~CT_ROOM2") -> bytes:
+    return hl7(
+        f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000+0100||ORM^O01|{ctrl_id}|P|2.3.1",
+        f"PID|||{pid}^^^HOSP||{name}||19800101|F",
+        seg("PV1", {2: "O", 8: "1234^REFER^ROBERT"}),
+        seg("ORC", {1: control, 2: f"{placer}^HIS", 7: f"^^^{start}", 12: "5678^ORDER^OLGA"}),
+        seg("OBR", {1: "1", 2: f"{placer}^HIS", 4: code, 18: accession, 19: "RP-100", 20: "SPS-100",
+                    24: modality}),
+        seg("IPC", {9: aets}) if aets else "ZZZ|1",
+        "ZDS|1.2.826.0.1.3680043.10.1356.99.1^RIS^Application^DICOM",
+    )
+
+
+def adt(event: str, ctrl_id: str, *, pid="PAT-1", name="TESTER^ANNA^M", dob="19800101") -> bytes:
+    return hl7(
+        f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ADT^{event}|{ctrl_id}|P|2.3.1",
+        f"EVN|{event}|20261203120000",
+        f"PID|||{pid}^^^HOSP||{name}||{dob}|F",
+    )
+
+
+def segments(ack: bytes) -> dict[str, list[str]]:
+    out = {}
+    for seg in ack.decode("latin-1").strip("\r").split("\r"):
+        out[seg[:3]] = seg.split("|")
+    return out
+
+
+def err(ack: bytes) -> tuple[str, str, str]:
+    """(location, table 0357 code, text) of the ERR segment, v2.5 (ERR-2/3/8) or older (ERR-1 ELD)."""
+    fields = segments(ack)["ERR"]
+    if len(fields) > 8:
+        return fields[2], fields[3].split("^")[0], fields[8]
+    seg_name, occurrence, field_no, code_text = fields[1].split("^")[:4]
+    code, text = code_text.split("&")[:2]
+    return f"{seg_name}^{occurrence}^{field_no}", code, text
+
+
+@pytest.fixture
+def intake(settings, session_factory):
+    return HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"))
+
+
+def worklist(read_factory, **keys):
+    with unit_of_work(read_factory) as session:
+        return find_worklist_items(session, WorklistQuery(**{k: Text(v) for k, v in keys.items()}))
+
+
+def test_new_order_becomes_a_worklist_item(intake, read_factory):
+    ack = segments(intake.handle(orm("NW", "C1")))
+    assert ack["MSA"][1:3] == ["AA", "C1"]
+    assert ack["MSH"][8] == "ACK^O01"  # v2.3.1: ACK^trigger
+    [item] = worklist(read_factory, accession_number="ACC-100")
+    assert (item.patient_id, item.issuer, item.patient_name) == ("PAT-1", "HOSP", "TESTER^ANNA^M")
+    assert (item.requested_procedure_id, item.sps_id, item.modality) == ("RP-100", "SPS-100", "CT")
+    assert item.station_aets == ("CT_ROOM1", "CT_ROOM2")
+    assert item.study_instance_uid == "1.2.826.0.1.3680043.10.1356.99.1"
+    # 09:30 with the MSH-7 offset +0100 is 09:30 in Europe/Berlin in December (site zone of the fixture)
+    assert item.scheduled_start == dt.datetime(2026, 12, 4, 9, 30)
+    assert item.referring_physician == "REFER^ROBERT"
+    assert item.requesting_physician == "ORDER^OLGA"
+    assert item.birth_date == dt.date(1980, 1, 1)
+    assert worklist(read_factory, station_aet="CT_ROOM2")[0].accession_number == "ACC-100"
+
+
+def test_raw_bytes_are_stored_and_the_ack_recorded(intake, session_factory):
+    raw = orm("NW", "C2")
+    ack = intake.handle(raw, peer="127.0.0.1:5000")
+    with unit_of_work(session_factory) as session:
+        [msg] = session.scalars(select(InboundMessage)).all()
+        assert msg.raw == raw
+        assert msg.status is MessageStatus.PROCESSED
+        assert (msg.sender, msg.control_id, msg.message_type) == ("HIS^HOSP", "C2", "ORM^O01")
+        assert msg.ack == ack and msg.ack_code == "AA"
+        assert msg.profile.startswith("default@")
+
+
+def test_resent_message_gets_the_original_ack_and_changes_nothing(intake, session_factory):
+    first = intake.handle(orm("NW", "C3"))
+    again = intake.handle(orm("NW", "C3"))
+    assert again == first
+    with unit_of_work(session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+        statuses = [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+        assert statuses == [MessageStatus.PROCESSED, MessageStatus.DUPLICATE]
+
+
+def test_reused_control_id_with_other_content_is_processed(intake, session_factory):
+    assert segments(intake.handle(adt("A01", "SAME", pid="P-A")))["MSA"][1] == "AA"
+    assert segments(intake.handle(adt("A01", "SAME", pid="P-B")))["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        assert sorted(session.scalars(select(Patient.patient_id))) == ["P-A", "P-B"]
+
+
+def test_second_nw_for_a_known_order_is_refused(intake, read_factory):
+    intake.handle(orm("NW", "C4"))
+    ack = intake.handle(orm("NW", "C5", accession="ACC-OTHER"))
+    assert segments(ack)["MSA"][1] == "AE"
+    assert err(ack)[0:2] == ("ORC^1^2", "205") and "already exists" in err(ack)[2]
+    assert len(worklist(read_factory, patient_id="PAT-1")) == 1
+
+
+@pytest.mark.parametrize("control, status", [("CA", OrderStatus.CANCELLED), ("DC", OrderStatus.DISCONTINUED)])
+def test_cancel_removes_the_item_from_the_worklist(intake, read_factory, session_factory, control, status):
+    intake.handle(orm("NW", "C6"))
+    assert segments(intake.handle(orm(control, "C7")))["MSA"][1] == "AA"
+    assert worklist(read_factory, accession_number="ACC-100") == []
+    with unit_of_work(session_factory) as session:
+        order = session.scalars(select(Order)).one()
+        assert order.status is status
+        assert order.procedures[0].steps[0].status in (StepStatus.CANCELLED, StepStatus.DISCONTINUED)
+
+
+def test_change_order_updates_in_place(intake, read_factory):
+    intake.handle(orm("NW", "C8"))
+    ack = segments(intake.handle(orm("XO", "C9", modality="MR", start="20261205140000", aets="MR_ROOM")))
+    assert ack["MSA"][1] == "AA"
+    [item] = worklist(read_factory, accession_number="ACC-100")
+    assert (item.modality, item.station_aets, item.scheduled_start) == ("MR", ("MR_ROOM",), dt.datetime(2026, 12, 5, 14))
+    assert item.study_instance_uid == "1.2.826.0.1.3680043.10.1356.99.1"
+
+
+def test_cancel_of_an_unknown_order_is_ae_naming_the_field(intake):
+    ack = intake.handle(orm("CA", "C10", placer="NOPE"))
+    assert segments(ack)["MSA"][1:3] == ["AE", "C10"]
+    assert err(ack) == ("ORC^1^2", "204", "unknown order: placer order NOPE of HIS, accession ACC-100")
+
+
+def test_adt_creates_then_updates_the_patient(intake, session_factory):
+    intake.handle(adt("A04", "A1", name="OLD^NAME"))
+    intake.handle(adt("A08", "A2", name="NEW^NAME", dob=""))
+    with unit_of_work(session_factory) as session:
+        patient = session.scalars(select(Patient)).one()
+        assert patient.name == "NEW^NAME"
+        assert patient.birth_date == dt.date(1980, 1, 1)  # not sent in the A08: kept
+
+
+def test_hl7_null_clears_a_value(intake, session_factory):
+    intake.handle(adt("A04", "N1"))
+    intake.handle(adt("A08", "N2", dob='""'))
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(Patient)).one().birth_date is None
+
+
+def test_unsupported_message_type_is_ar(intake, session_factory):
+    ack = segments(intake.handle(hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ORU^R01|U1|P|2.5.1", "PID|||X")))
+    assert ack["MSA"][1:3] == ["AR", "U1"]
+    assert ack["MSH"][8] == "ACK^R01^ACK"
+    assert ack["ERR"][3].startswith("200^")
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(InboundMessage)).one().status is MessageStatus.REJECTED
+
+
+def test_not_hl7_is_ar_and_kept(intake, session_factory):
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    ack = segments(intake.handle(raw))
+    assert ack["MSA"][1:3] == ["AR", ""]
+    with unit_of_work(session_factory) as session:
+        msg = session.scalars(select(InboundMessage)).one()
+        assert msg.raw == raw and msg.status is MessageStatus.REJECTED
+        assert "MSH" in msg.error
+
+
+def test_missing_modality_is_ae_never_an_item(intake, read_factory):
+    ack = intake.handle(orm("NW", "M1", code="LAB1^Urinalysis", modality="", aets=""))
+    assert segments(ack)["MSA"][1] == "AE"
+    assert err(ack)[:2] == ("OBR^1^24", "101")
+    assert worklist(read_factory, patient_id="PAT-1") == []
+
+
+def test_missing_accession_is_assigned_by_the_engine(intake, read_factory):
+    ack = segments(intake.handle(orm("NW", "G1", accession="")))
+    assert ack["MSA"][1] == "AA"
+    [item] = worklist(read_factory, patient_id="PAT-1")
+    assert item.accession_number.startswith("RIS") and len(item.accession_number) <= 16
+
+
+def test_too_long_accession_is_refused(intake):
+    ack = intake.handle(orm("NW", "L1", accession="A" * 17))
+    assert segments(ack)["MSA"][1] == "AE"
+    assert err(ack)[0] == "OBR^1^18" and "longer than 16" in err(ack)[2]
+
+
+def test_oversize_frame_is_ar_and_recorded(intake, session_factory):
+    from interfaces.mllp.framing import FrameEvent
+
+    head = orm("NW", "BIG")[:200]
+    ack = segments(intake.handle_frame(FrameEvent(head, oversize=True, size=99_000_000), "peer"))
+    assert ack["MSA"][1:3] == ["AR", "BIG"]
+    with unit_of_work(session_factory) as session:
+        msg = session.scalars(select(InboundMessage)).one()
+        assert msg.status is MessageStatus.REJECTED and "too large" in msg.error
+
+
+def test_unfinished_message_is_recovered(intake, session_factory, read_factory):
+    from app.services.messages import store_received
+    from interfaces.scheduler.jobs import recover_unfinished_messages
+
+    with unit_of_work(session_factory) as session:
+        store_received(session, orm("NW", "R1"), transport="mllp", peer="crashed")
+    assert recover_unfinished_messages(session_factory, intake, older_than_s=0) == 1
+    assert len(worklist(read_factory, accession_number="ACC-100")) == 1
+    assert recover_unfinished_messages(session_factory, intake, older_than_s=0) == 0
