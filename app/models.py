@@ -207,7 +207,7 @@ class StepStation(Base):
 
     id: Mapped[intpk]
     step_fk: Mapped[int] = mapped_column(ForeignKey("procedure_steps.id", ondelete="CASCADE"), nullable=False, index=True)
-    ae_title: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    ae_title: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
 
     step: Mapped[ProcedureStep] = relationship(back_populates="stations")
 

@@ -12,6 +12,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from app.vocabulary import MODALITIES
+
 HL7_NULL = '""'
 
 
@@ -87,6 +89,15 @@ def datetime_(value: str, ctx: Context):
     return ctx.local_naive(parsed) if parsed is not None else None
 
 
+def modality(value: str, ctx: Context) -> str:
+    """A DICOM modality (PS3.3 C.7.3.1.1.1); anything else gives no value, so the next source is tried."""
+    code = value.strip().upper()
+    if code in MODALITIES:
+        return code
+    ctx.warnings.append(f"{value!r} is not a DICOM modality: ignored")
+    return ""
+
+
 _SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
 
 
@@ -106,6 +117,7 @@ TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "date": ("leaf", date),
     "datetime": ("leaf", datetime_),
     "sex": ("leaf", sex),
+    "modality": ("leaf", modality),
     "person_name": ("field", person_name),
     "person_name_xcn": ("field", person_name_xcn),
 }

@@ -19,6 +19,7 @@ from app.models import Order, OrderStatus, ProcedureStep, RequestedProcedure, St
 from app.services.patients import register_patient
 from app.uids import derived_uid
 from app.validation import clip, identifier, uid
+from app.vocabulary import MODALITIES
 
 OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.READY)
 
@@ -153,8 +154,9 @@ def _check_order(data: OrderData) -> None:
     """Refuse identifiers that cannot be used as keys.
 
     The accession number must fit its DICOM attribute (SH, 16 characters): a modality that cut it
-    would link its images to nothing. Requested Procedure and SPS IDs (also SH) are taken up to
-    64 characters as senders use them (corpus: dcm4che's 'ScheduledProcStepID').
+    would link its images to nothing. Requested Procedure and SPS IDs (also SH) and station AE
+    titles (AE, 16) are taken up to 64 characters as senders use them (corpus: dcm4che's
+    'ScheduledProcStepID', 'ScheduledStationAET1').
     """
     identifier(data.ref.placer_order_number, 64, "order.placer_order_number")
     identifier(data.ref.filler_order_number, 64, "order.filler_order_number")
@@ -164,9 +166,11 @@ def _check_order(data: OrderData) -> None:
         uid(proc.study_instance_uid, "procedure.study_instance_uid")
         for step in proc.steps:
             identifier(step.sps_id, 64, "step.sps_id")
-            identifier(step.modality, 16, "step.modality")
+            if step.modality and step.modality not in MODALITIES:
+                raise InvalidInput(f"modality {step.modality!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)",
+                                   location="step.modality")
             for aet in step.station_aets:
-                identifier(aet, 16, "step.station_aets")
+                identifier(aet, 64, "step.station_aets")
             if step.scheduled_start is None:
                 raise InvalidInput("scheduled start time missing", location="step.scheduled_start", missing=True)
 

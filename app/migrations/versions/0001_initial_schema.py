@@ -197,7 +197,7 @@ def upgrade() -> None:
     op.create_table('step_stations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('step_fk', sa.Integer(), nullable=False),
-    sa.Column('ae_title', sa.String(length=16), nullable=False),
+    sa.Column('ae_title', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['step_fk'], ['procedure_steps.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

@@ -1,0 +1,10 @@
+"""Coded values the core relies on."""
+
+# DICOM PS3.3 C.7.3.1.1.1 Modality, defined terms (current, not retired). A scheduled step's
+# modality must be one of them, or no modality would ever query it.
+MODALITIES = frozenset("""
+AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DMS DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT
+IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF
+RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US
+VA XA XAPROTOCOL XC
+""".split())

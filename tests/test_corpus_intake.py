@@ -1,0 +1,199 @@
+"""Every HL7 message of ../shared/corpus (hl7/ and bugs/) through the intake, with the behaviour
+../shared/corpus/SOURCES.md and bugs/README.md state for it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from app.db import unit_of_work
+from app.models import InboundMessage, Patient
+from app.queries.worklist import Text, WorklistQuery, find_worklist_items
+from interfaces.hl7.intake import HL7Intake
+from mappings.profile import ProfileSet
+from tests.corpus import CORPUS, corpus_path
+
+FILES = sorted(p.name for p in (CORPUS / "hl7").glob("*.hl7")) if CORPUS.is_dir() else ["(corpus absent)"]
+
+# file -> ACK code the default profile gives (SOURCES.md allows AE/AR where noted).
+EXPECTED_ACK = {
+    "adt_a01_v25_hapi_pam_broken_msh2_utf8.hl7": "AR",         # MSH-2 mangled
+    "adt_a04_v251_nhapi_minimal_pid2_only.hl7": "AE",          # no PID-3
+    "adt_a28_v25_nhapi_minimal_pid2_only.hl7": "AE",           # no PID-3
+    "msh_only_v231_openmrs_msh9_missing_message_code.hl7": "AR",
+    "orm_o01_v231_nhapi_lab_order_not_imaging.hl7": "AE",      # not an imaging order: no modality
+    "orm_o01_v24_mirth_whitespace_padded_crlf.hl7": "AE",      # ORM without ORC/OBR
+    "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AE",           # ORC-1 AF unsupported
+    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AE",   # ORC-1 XR unsupported
+    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AE",  # ORC-1 CR unsupported
+    "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # ORC-1 OD unsupported
+    "orm_o01_v231_openmrs_ca_cancel.hl7": "AE",                # cancel of an unknown order
+    "orm_o01_v231_openmrs_xo_change.hl7": "AE",                # change of an unknown order
+    "orm_o01_v23_nhapi_ca_italian_xray.hl7": "AE",             # cancel of an unknown order
+    "orm_o01_v24_screenit_dc_trailing_space_lf.hl7": "AE",     # discontinue of an unknown order
+    "orm_o01_v24_mirth_xo_crlf_nonhl7_dates.hl7": "AE",        # XO of an unknown order (no modality either)
+    "orm_o01_v24_screenit_xo_sc_mammo_lf.hl7": "AE",           # XO of an unknown order
+}
+# Message types this issue does not handle yet are refused with AR (never a silent AA).
+NOT_YET = ("ADT^A24", "ADT^A34", "ADT^A40", "ADT^A47", "OMG^O19", "ORU^R01", "SIU^S12")
+BATCHES = ("batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7", "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7",
+           "oru_r01_v22_hapi_msa_in_oru_inline_obx.hl7")
+
+
+@pytest.fixture
+def intake(settings, session_factory):
+    return HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"))
+
+
+def msa(ack: bytes) -> list[str]:
+    [line] = [s for s in ack.decode("latin-1").split("\r") if s.startswith("MSA")]
+    return line.split(line[3])
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", FILES)
+def test_every_corpus_message_is_stored_and_answered(intake, session_factory, name):
+    raw = corpus_path("hl7", name).read_bytes()
+    ack = intake.handle(raw, peer="test")
+    code = msa(ack)[1]
+    with unit_of_work(session_factory) as session:
+        stored = session.scalars(select(InboundMessage)).one()
+        assert stored.raw == raw
+        assert stored.ack == ack and stored.ack_code == code
+    if name in EXPECTED_ACK:
+        assert code == EXPECTED_ACK[name], stored.error
+    elif name in BATCHES:
+        assert code == "AR"  # batches arrive one message per MLLP frame; a batch file is refused as a whole
+    elif stored.message_type in NOT_YET:
+        assert code == "AR" and "not handled" in stored.error
+    else:
+        assert code == "AA", stored.error
+    if stored.control_id:
+        assert msa(ack)[2] == stored.control_id
+
+
+def item_for(read_factory, **keys):
+    with unit_of_work(read_factory) as session:
+        return find_worklist_items(session, WorklistQuery(**{k: Text(v) for k, v in keys.items()}))
+
+
+IMAGING_ORDERS = {
+    # file: (patient id, accession or None when the engine assigns it, RP id, SPS id, modality, study UID, start, AETs)
+    "orm_o01_v231_dcm4che_ihe_obr18_zds.hl7":
+        ("583295", "MOF5026", "RP1026", "SPS2032", "MR", "1.113654.3.13.1026", dt.datetime(2000, 7, 1, 9), ()),
+    "orm_o01_v231_openmrs_nw_zds_routine.hl7":
+        ("100-07", None, "2", "2", "CT", "1.2.826.0.1.3680043.8.2186.1.1.1", dt.datetime(2013, 8, 24, 17), ()),
+    "orm_o01_v22_hapi_nw_no_filler_lf.hl7":
+        ("N00829", None, None, None, "CT", None, dt.datetime(1994, 5, 3, 18), ()),
+    "omi_o23_v251_dcm4che_ipc_two_station_aets.hl7":
+        (None, "AccessionNumber", None, None, None, None, dt.datetime(2000, 8, 16, 15, 10), None),
+    "omi_o23_v251_dcm4che_2021_ipc_protocol_code.hl7":
+        (None, "ACC", None, None, None, "1.2.392.200036.9125.0.199402091242.1", None, ("MODALITY",)),
+    "orm_o01_named_but_msh9_omi_o23_dcm4che_zds.hl7": (None, "AccessionNumber", None, None, None, None, None, None),
+}
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", sorted(IMAGING_ORDERS))
+def test_imaging_orders_become_worklist_items(intake, read_factory, name):
+    pid, accession, rp, sps, modality, study, start, aets = IMAGING_ORDERS[name]
+    ack = intake.handle(corpus_path("hl7", name).read_bytes())
+    assert msa(ack)[1] == "AA"
+    with unit_of_work(read_factory) as session:
+        [item] = find_worklist_items(session, WorklistQuery())
+    if accession is None:
+        assert item.accession_number.startswith("RIS")  # assigned by the engine as Order Filler
+    else:
+        assert item.accession_number == accession
+    expected = {"patient_id": pid, "requested_procedure_id": rp, "sps_id": sps, "modality": modality,
+                "study_instance_uid": study, "scheduled_start": start, "station_aets": aets}
+    for attr, value in expected.items():
+        if value is not None:
+            assert getattr(item, attr) == value, attr
+    assert item.modality and item.study_instance_uid
+
+
+@pytest.mark.corpus
+def test_two_station_aets_both_match(intake, read_factory):
+    intake.handle(corpus_path("hl7", "omi_o23_v251_dcm4che_ipc_two_station_aets.hl7").read_bytes())
+    [item] = item_for(read_factory)
+    assert len(item.station_aets) == 2
+    for aet in item.station_aets:
+        assert [i.accession_number for i in item_for(read_factory, station_aet=aet)] == ["AccessionNumber"]
+
+
+@pytest.mark.corpus
+def test_whitespace_padded_ids_are_trimmed(intake, session_factory):
+    intake.handle(corpus_path("hl7", "adt_a01_v23_mirth_lf_fictional.hl7").read_bytes())
+    intake.handle(corpus_path("hl7", "adt_a04_v23_mirth_lf.hl7").read_bytes())  # same control id, other content
+    with unit_of_work(session_factory) as session:
+        [patient] = session.scalars(select(Patient)).all()
+        assert (patient.patient_id, patient.name) == ("135769", "MOUSE^MICKEY")
+
+
+@pytest.mark.corpus
+def test_iso2022jp_patient_name(intake, session_factory):
+    ack = intake.handle(corpus_path("hl7", "adt_a08_v25_ssmix2_iso2022jp_kanji_kana.hl7").read_bytes())
+    assert msa(ack)[1] == "AA"
+    with unit_of_work(session_factory) as session:
+        patient = session.scalars(select(Patient)).one()
+        assert patient.patient_id == "9999013"
+        assert "患者" in patient.name
+
+
+@pytest.mark.corpus
+def test_latin1_name_and_legal_id(intake, session_factory):
+    intake.handle(corpus_path("hl7", "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7").read_bytes())
+    with unit_of_work(session_factory) as session:
+        patient = session.scalars(select(Patient)).one()
+        assert (patient.patient_id, patient.name) == ("123456789", "Lastname^Firstname")
+        msg = session.scalars(select(InboundMessage)).one()
+        assert msg.charset == "iso8859-1" and "1er étage" in msg.raw.decode(msg.charset)
+
+
+@pytest.mark.corpus
+def test_birth_date_is_never_shifted_by_an_offset(intake, session_factory):
+    intake.handle(corpus_path("hl7", "adt_a31_v23_hapi_tz_offset_crlf_empty_pd1.hl7").read_bytes())
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(Patient)).one().birth_date == dt.date(1970, 10, 4)
+
+
+# bugs/ --------------------------------------------------------------------------------------
+@pytest.mark.corpus
+def test_bug03_order_without_study_uid_gets_a_stable_derived_uid(intake, read_factory, settings):
+    intake.handle(corpus_path("bugs", "bug03_omi_o23_ipc_without_study_uid.hl7").read_bytes())
+    [item] = item_for(read_factory)
+    assert item.accession_number == "ACC-5003"
+    assert (item.requested_procedure_id, item.sps_id) == ("ACC-5003", "ACC-5003")
+    assert item.study_instance_uid.startswith(settings.uid_root + ".")
+    from app.uids import derived_uid
+    assert item.study_instance_uid == derived_uid(settings.uid_root, "ACC-5003", "ACC-5003")
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name, accession", [("bug08_orm_with_70kb_of_notes.hl7", "ACC-5008"),
+                                             ("bug16_orm_lf_only_msh_without_trailing_bar.hl7", "ACC-5016")])
+def test_bug08_bug16_orders(intake, read_factory, name, accession):
+    assert msa(intake.handle(corpus_path("bugs", name).read_bytes()))[1] == "AA"
+    assert [i.accession_number for i in item_for(read_factory)] == [accession]
+
+
+@pytest.mark.corpus
+def test_bug18_msh7_offset_is_the_default_zone(intake, read_factory):
+    # Scheduled start 20240331023000 without offset, MSH-7 +0100: 01:30 UTC, which is 03:30 in
+    # Europe/Berlin on the night summer time starts (02:30 does not exist there).
+    intake.handle(corpus_path("bugs", "bug18_orm_msh7_offset_field_without_offset.hl7").read_bytes())
+    [item] = item_for(read_factory)
+    assert item.scheduled_start == dt.datetime(2024, 3, 31, 3, 30)
+    assert item.birth_date == dt.date(1980, 1, 1)
+
+
+@pytest.mark.corpus
+def test_bug28_reused_control_id_never_two_patients_with_one_id(intake, session_factory):
+    for name in ("bug28_step1_a28_pid_a.hl7", "bug28_step2_a28_pid_b_same_control_id.hl7"):
+        assert msa(intake.handle(corpus_path("bugs", name).read_bytes()))[1] == "AA"
+    with unit_of_work(session_factory) as session:
+        ids = sorted(session.scalars(select(Patient.patient_id)))
+    assert len(ids) == len(set(ids)) == 2
