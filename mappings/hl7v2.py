@@ -69,7 +69,7 @@ class Mapper:
         if origin is not None:
             ctx.origins.setdefault(key, origin)
         if value is None and spec.otherwise == "received":
-            value = ctx.local_naive(ctx.received_at)
+            value = ctx.local_naive(ctx.received_at).replace(microsecond=0)
         if spec.required and (value is None or value in ("", HL7_NULL)):
             paths = ", ".join(str(s.path) for s in spec.sources)
             raise InvalidInput(f"{key} missing: none of {paths} has a value", location=key, missing=True)

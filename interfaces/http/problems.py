@@ -11,7 +11,7 @@ from app.errors import Conflict, DomainError, InvalidInput, NotFound, Unsupporte
 
 log = logging.getLogger("interfaces.http")
 
-_STATUS = [(NotFound, 404), (Conflict, 409), (InvalidInput, 422), (Unsupported, 400), (DomainError, 422)]
+_STATUS = [(NotFound, 404), (Conflict, 409), (InvalidInput, 400), (Unsupported, 400), (DomainError, 422)]
 
 
 def problem(status: int, title: str, detail: str = "", **extra):
