@@ -9,6 +9,7 @@ from interfaces.hl7.escape import escape, unescape
 from interfaces.hl7.timestamps import format_dtm, parse_date, parse_dtm
 from interfaces.hl7.tokenizer import (
     HL7_NULL,
+    STANDARD_DELIMITERS,
     Delimiters,
     HL7ParseError,
     Message,
@@ -19,6 +20,7 @@ from interfaces.hl7.tokenizer import (
 
 __all__ = [
     "HL7_NULL",
+    "STANDARD_DELIMITERS",
     "CharsetError",
     "Decoded",
     "Delimiters",

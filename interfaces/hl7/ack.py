@@ -167,7 +167,7 @@ def _write_ack(
         echo.charset,
     ]
     msa = ["MSA", code, echo.control_id]
-    # MSA-3 (text message) is deprecated from v2.5 (2.15.8.3): the ERR segment carries the text there.
+    # MSA-3 (text message) is deprecated from v2.5: the ERR segment carries the text there.
     msa_text = text if text is not None else (errors[0].text if errors else None)
     if before_v25 and msa_text:
         msa.append(escape(msa_text, delims))

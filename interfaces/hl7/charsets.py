@@ -2,7 +2,7 @@
 
 HL7 v2.5.1 chapter 2, 2.15.9.18 (MSH-18 character set, values from HL7 table 0211): when MSH-18 is empty the
 message is in the 7-bit ASCII default; a repeated MSH-18 (e.g. ``~ISO IR87``) lists the default set first and
-the alternate set(s) switched to with ISO 2022 escape sequences after it (2.15.9.20, MSH-20).
+the alternate set(s) switched to with ISO 2022 escape sequences after it (MSH-20 names the switching scheme).
 
 The header itself is ASCII in every supported set (ISO-2022-JP included), so MSH-18 is read straight from the
 bytes before anything is decoded; tokenizing happens on the decoded text only, because multi-byte sets can hold
@@ -95,31 +95,20 @@ def codec_for(hl7_name: str | None) -> str:
     return codec
 
 
-def _strip_framing(raw: bytes) -> bytes:
-    return raw.lstrip(b" \t\r\n\x00\x0b\x1c")
-
-
-def read_msh18(raw: bytes) -> str | None:
+def _declared_charset(raw: bytes) -> str | None:
     """MSH-18 as declared, read from the bytes; the non-ASCII repetition when repeated; None when not given.
 
-    The first MSH segment is used (batch files start with FHS/BHS; HL7 v2.5.1 2.10.3).
+    The first MSH segment is used (batch files start with FHS/BHS; HL7 v2.5.1 2.10, batch protocol).
     """
-    data = _strip_framing(raw)
+    data = raw.lstrip(b" \t\r\n\x00\x0b\x1c")
     if data.startswith(b"MSH"):
         start = 0
     else:
-        start = -1
-        for terminator in (b"\rMSH", b"\nMSH"):
-            found = data.find(terminator)
-            if found >= 0 and (start < 0 or found + 1 < start):
-                start = found + 1
-        if start < 0:
+        starts = [found + 1 for found in (data.find(b"\rMSH"), data.find(b"\nMSH")) if found >= 0]
+        if not starts:
             return None
-    end = len(data)
-    for terminator in (b"\r", b"\n"):
-        found = data.find(terminator, start)
-        if 0 <= found < end:
-            end = found
+        start = min(starts)
+    end = min((found for found in (data.find(b"\r", start), data.find(b"\n", start)) if found >= 0), default=len(data))
     header = data[start:end]
     if len(header) < 5:
         return None
@@ -155,7 +144,7 @@ def decode_message(raw: bytes, *, default: str = "utf-8", mismatch: str = "prefe
     """
     if mismatch not in MISMATCH_POLICIES:
         raise ValueError(f"mismatch must be one of {MISMATCH_POLICIES}, not {mismatch!r}")
-    declared = read_msh18(raw)
+    declared = _declared_charset(raw)
     warnings: list[str] = []
     codec = None
     if declared is not None:

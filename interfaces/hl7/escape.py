@@ -1,15 +1,15 @@
-"""HL7 v2 escape sequences (HL7 v2.5.1 chapter 2, section 2.7).
+"""HL7 v2 escape sequences (HL7 v2.5.1 chapter 2, section 2.7 "Use of escape sequences in text fields").
 
 Inside a field, the escape character (normally '\\') brackets a sequence:
 
-- 2.7.1  ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` the field, component, subcomponent, repetition and escape characters;
+- ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` the field, component, subcomponent, repetition and escape characters;
   ``\\P\\`` the truncation character where MSH-2 declares one (v2.7+);
-- 2.7.2/2.7.5  ``\\H\\`` start / ``\\N\\`` end of highlighting: dropped (plain text has no highlighting);
-- 2.7.3  ``\\Xhhhh..\\`` hexadecimal bytes, decoded with the message's character set; consecutive hex
+- ``\\H\\`` start / ``\\N\\`` end of highlighting: dropped (plain text has no highlighting);
+- hexadecimal data: ``\\Xhhhh..\\`` bytes, decoded with the message's character set; consecutive hex
   sequences are decoded together so a multi-byte character split over several sequences survives;
-- 2.7.4  ``\\Cxxyy\\`` / ``\\Mxxyy[zz]\\`` ISO 2022 character-set switches: dropped (the bytes were already
+- ``\\Cxxyy\\`` / ``\\Mxxyy[zz]\\`` ISO 2022 character-set switches: dropped (the bytes were already
   decoded as a whole by :mod:`interfaces.hl7.charsets`);
-- 2.7.6  formatting commands of FT fields: ``\\.br\\`` -> newline, ``\\.sp n\\`` -> n newlines (1 without n),
+- formatting commands of FT fields: ``\\.br\\`` -> newline, ``\\.sp n\\`` -> n newlines (1 without n),
   ``\\.ce\\`` -> newline, ``\\.sk n\\`` -> n spaces; ``\\.fi\\ \\.nf\\ \\.in n\\ \\.ti n\\`` -> dropped;
 - ``\\Zxxx\\`` locally defined: kept verbatim (its meaning is the sender's secret).
 
@@ -45,7 +45,7 @@ def _is_hex(digits: str) -> bool:
 
 
 def _formatting(command: str) -> str | None:
-    """Text for an FT formatting command (2.7.6) without its leading '.', or None when it is not one."""
+    """Text for an FT formatting command (2.7) without its leading '.', or None when it is not one."""
     name, argument = command[:2], command[2:].strip()
     if argument and not argument.lstrip("+-").isdigit():
         return None
@@ -92,7 +92,7 @@ def _decode_hex(data: bytes, codec: str) -> str:
 
 
 def unescape(text: str, delims: Delimiters, codec: str = "iso8859-1") -> str:
-    """Replace the escape sequences of ``text`` (HL7 v2.5.1 2.7) by the characters they stand for.
+    """Replace the escape sequences of ``text`` (HL7 v2.5.1 section 2.7) by the characters they stand for.
 
     ``codec`` decodes ``\\Xhh..\\`` bytes (the message's MSH-18 set); bytes it cannot decode are tried as
     UTF-8, then Latin-1. Text without the escape character is returned unchanged (the common, fast case).
@@ -157,7 +157,7 @@ def _escape_table(delims: Delimiters) -> dict[int, str]:
 
 
 def escape(text: str, delims: Delimiters) -> str:
-    """Escape every delimiter character of ``text`` (HL7 v2.5.1 2.7.1), so it can be written as one leaf value.
+    """Escape every delimiter character of ``text`` (HL7 v2.5.1 section 2.7), so it can be written as one leaf value.
 
     Canonical form: every escape character becomes ``\\E\\`` (also one that a reader would have kept
     literally), CR and LF become ``\\X0D\\`` / ``\\X0A\\`` (a raw CR would end the segment).

@@ -1,4 +1,4 @@
-"""HL7 v2 date/time values: DTM, TS and DT (HL7 v2.5.1 chapter 2, 2.A.21 DT, 2.A.22 DTM, 2.A.77 TS).
+"""HL7 v2 date/time values: DTM, TS and DT (HL7 v2.5.1 chapter 2, appendix 2.A: DT, DTM, TS).
 
 DTM is ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``. Precision that stops early means the start of the
 period (``200007`` is 2000-07-01 00:00). The older TS type adds a second component, the degree of precision
@@ -10,7 +10,7 @@ Deviations accepted because senders produce them: 15 to 18 digits without a '.' 
 
 Plausibility: the syntax accepts any year; values before MIN_YEAR (1800) are refused as garbage.
 
-Time zones (2.A.22): a value with an offset gives an aware datetime. Without one, the value is in the sender's
+Time zones (2.A, DTM): a value with an offset gives an aware datetime. Without one, the value is in the sender's
 zone, which by default is the offset of MSH-7: pass it as ``default_tz`` (``parse_dtm(msh7).tzinfo``).
 Without ``default_tz`` a naive datetime is returned. A ``zoneinfo`` default_tz is attached with
 ``datetime.replace``: a wall time that does not exist (the DST gap) is kept as given, with fold=0 (the

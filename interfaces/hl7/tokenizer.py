@@ -1,6 +1,6 @@
 """A small, exact HL7 v2 ER7 ("pipe and hat") tokenizer for the hot path.
 
-HL7 v2.5.1 chapter 2, 2.5 (message construction rules) and 2.5.4 (delimiters):
+HL7 v2.5.1 chapter 2, 2.5 (message construction rules, delimiters):
 
 - the delimiters are read from MSH-1 (field separator) and MSH-2 (component, repetition, escape, subcomponent
   and, from v2.7, truncation characters), never assumed;
@@ -9,7 +9,7 @@ HL7 v2.5.1 chapter 2, 2.5 (message construction rules) and 2.5.4 (delimiters):
 - empty segments (blank lines, trailing terminators, a stray MLLP 0x1C byte) produce nothing.
 
 Numbering is 1-based as in the standard and HAPI's Terser: ``PID-3`` is PID-3[1].1.1. In MSH (and the batch
-headers FHS/BHS, 2.10.3) field 1 is the field separator itself and field 2 the encoding characters, which are
+headers FHS/BHS, 2.10) field 1 is the field separator itself and field 2 the encoding characters, which are
 returned verbatim and never split or unescaped.
 
 Segments are split into fields at :func:`parse`; repetitions, components and subcomponents are split only when a
@@ -26,6 +26,7 @@ from interfaces.hl7.escape import unescape
 
 __all__ = [
     "HL7_NULL",
+    "STANDARD_DELIMITERS",
     "Delimiters",
     "HL7ParseError",
     "Message",
@@ -37,7 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HL7_NULL = '""'
-"""The HL7 explicit null (2.5.3): returned as these two characters; the caller decides what it means."""
+"""The HL7 explicit null ('""': delete the value, 2.5), returned as these two characters; the caller decides."""
 
 _LEADING_JUNK = " \t\r\n\x00\x0b\x1c\ufeff"
 _TRAILING_JUNK = "\r\n\x00\x0b\x1c"
@@ -56,7 +57,7 @@ class HL7ParseError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Delimiters:
-    """The message delimiters (HL7 v2.5.1 2.5.4). ``subcomponent``/``truncation`` are '' when not declared."""
+    """The message delimiters (HL7 v2.5.1 2.5, MSH-1/MSH-2); ``subcomponent``/``truncation`` '' if undeclared."""
 
     field: str = "|"
     component: str = "^"
@@ -181,7 +182,7 @@ class Message:
     def __init__(self, delimiters: Delimiters, segments: list[Segment], codec: str) -> None:
         self.delimiters = delimiters
         self.segments = segments
-        self.codec = codec  # decodes \Xhh..\ escapes (2.7.3): from MSH-18 unless given to parse()
+        self.codec = codec  # decodes \Xhh..\ escapes (2.7): from MSH-18 unless given to parse()
         self._index: dict[str, list[Segment]] | None = None
 
     def _by_name(self) -> dict[str, list[Segment]]:
@@ -280,7 +281,7 @@ def _usable_delimiter(char: str) -> bool:
 
 
 def _read_delimiters(text: str) -> Delimiters:
-    """Delimiters from MSH-1 and MSH-2 of a text that starts with 'MSH' (HL7 v2.5.1 2.5.4, 2.15.9.1-2)."""
+    """Delimiters from MSH-1 and MSH-2 of a text that starts with 'MSH' (HL7 v2.5.1 2.5, 2.15.9 MSH-1/MSH-2)."""
     if len(text) < 4 or text[3] in "\r\n":
         raise HL7ParseError("MSH-1 (field separator) is missing", "MSH-1")
     field_sep = text[3]
@@ -311,7 +312,7 @@ def _segment_texts(text: str) -> list[str]:
     """Split on segment terminators (CR, CRLF, or LF when there is no CR at all); blank ones are dropped."""
     if "\r" in text:
         lines = text.split("\r")
-        if "\n" in text:
+        if "\n" in text:  # CRLF: the LF right after each CR belongs to the terminator
             lines = [line[1:] if line[:1] == "\n" else line for line in lines]
     else:
         lines = text.split("\n")
@@ -319,12 +320,14 @@ def _segment_texts(text: str) -> list[str]:
 
 
 def _hex_codec(msh18: str, repetition: str) -> str:
+    """Codec for \\Xhh..\\ bytes: the first non-ASCII set named in MSH-18; ASCII when none (or unknown)."""
     for name in msh18.split(repetition):
-        if name.strip() and name.strip().upper() not in ("ASCII", "ISO IR6"):
-            try:
-                return codec_for(name)
-            except CharsetError:
-                return "ascii"
+        try:
+            codec = codec_for(name)
+        except CharsetError:
+            continue
+        if codec != "ascii":
+            return codec
     return "ascii"
 
 
@@ -355,7 +358,7 @@ def parse(text: str, *, codec: str | None = None) -> Message:
 
 
 def split_messages(text: str) -> list[str]:
-    """Split a batch or a plain concatenation of messages into single messages (HL7 v2.5.1 2.10.3).
+    """Split a batch or a plain concatenation of messages into single messages (HL7 v2.5.1 2.10, batch protocol).
 
     FHS/BHS headers and BTS/FTS trailers are removed (missing trailers are tolerated and logged); each MSH
     starts a new message. Lines before the first MSH that are not batch headers (e.g. comments in a file) are
