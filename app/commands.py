@@ -159,3 +159,57 @@ class InstanceData:
     series_description: str = ""
     instance_number: str = ""
     calling_aet: str = ""
+
+
+@dataclass(frozen=True)
+class PatientRef:
+    patient_id: str
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class MergePatient:
+    """Merge ``merged`` into ``survivor`` (ADT A40/A34, one per PID/MRG pair): orders, visits and
+    studies move to the survivor; later messages naming the merged identifier land on the survivor."""
+
+    survivor: PatientData
+    merged: PatientRef
+
+
+@dataclass(frozen=True)
+class ChangePatientId:
+    """Give the patient known as ``prior`` the identifier of ``patient`` (ADT A47): a rename, not a merge."""
+
+    patient: PatientData
+    prior: PatientRef
+
+
+@dataclass(frozen=True)
+class VisitData:
+    visit_number: str = ""
+    patient_class: str = ""
+    location: str = ""
+    prior_location: str = ""
+    admitted_at: dt.datetime | None = None
+    discharged_at: dt.datetime | None = None
+
+
+VISIT_EVENTS = ("admit", "register", "preadmit", "transfer", "discharge", "update", "change_class",
+                "cancel_admit", "cancel_transfer", "cancel_discharge")
+
+
+@dataclass(frozen=True)
+class RecordVisit:
+    """An ADT event about a patient and their visit (A01-A08, A11-A13); ``event`` is one of VISIT_EVENTS."""
+
+    patient: PatientData
+    visit: VisitData
+    event: str
+
+
+@dataclass(frozen=True)
+class HoldOrder:
+    """Put an order on hold (ORC-1 HD: its steps leave the worklist) or release it (RL)."""
+
+    ref: OrderRef
+    release: bool = False

@@ -60,6 +60,7 @@ class Base(DeclarativeBase):
 # Status enums --------------------------------------------------------------------------------
 class OrderStatus(str, enum.Enum):
     SCHEDULED = "SCHEDULED"
+    HELD = "HELD"
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
@@ -70,6 +71,7 @@ class StepStatus(str, enum.Enum):
     """Scheduled Procedure Step Status (0040,0020), DICOM PS3.3 C.4.10, plus CANCELLED."""
 
     SCHEDULED = "SCHEDULED"
+    HELD = "HELD"              # order on hold (ORC-1 HD): not offered until released (RL)
     ARRIVED = "ARRIVED"
     READY = "READY"
     STARTED = "STARTED"
@@ -113,10 +115,41 @@ class Patient(Base):
     name: Mapped[pn]
     birth_date: Mapped[Optional[dt.date]] = mapped_column(Date)
     sex: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    merged_into_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("patients.id"), index=True)
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 
     orders: Mapped[list["Order"]] = relationship(back_populates="patient")
+    merged_into: Mapped[Optional["Patient"]] = relationship(remote_side="Patient.id")
+    visits: Mapped[list["Visit"]] = relationship(back_populates="patient")
+
+
+class VisitStatus(str, enum.Enum):
+    PREADMITTED = "PREADMITTED"
+    ADMITTED = "ADMITTED"
+    DISCHARGED = "DISCHARGED"
+    CANCELLED = "CANCELLED"
+
+
+class Visit(Base):
+    """A patient visit (encounter) as ADT reports it: PV1-19 visit number, class, location."""
+
+    __tablename__ = "visits"
+    __table_args__ = (UniqueConstraint("visit_number", "patient_fk", name="uq_visit_number"),)
+
+    id: Mapped[intpk]
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), nullable=False, index=True)
+    visit_number: Mapped[ident]
+    patient_class: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    location: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    prior_location: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    status: Mapped[VisitStatus] = mapped_column(_enum(VisitStatus), nullable=False, default=VisitStatus.ADMITTED)
+    admitted_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    discharged_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    patient: Mapped[Patient] = relationship(back_populates="visits")
 
 
 # Orders --------------------------------------------------------------------------------------

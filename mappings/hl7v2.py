@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.commands import (CancelOrder, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData,
-                          RegisterPatient, StepData, UpdateOrder)
-from app.errors import InvalidInput, UnknownCode, Unsupported
+from app.commands import (CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef, PatientData,
+                          PatientRef, PlaceOrder, ProcedureData, RecordVisit, RegisterPatient, StepData, UpdateOrder,
+                          VisitData)
+from mappings.profile import VISIT_ACTIONS
+from app.errors import InvalidInput, Unsupported
 from mappings.profile import FieldSpec, Profile
 from mappings.transforms import HL7_NULL, TRANSFORMS, Context
 
@@ -119,22 +121,44 @@ class Mapper:
                               f"{self.profile.name!r}", location="MSH-9")
         if action == "register_patient":
             result = MappingResult([RegisterPatient(self.patient(msg, ctx))], action)
+        elif action in VISIT_ACTIONS:
+            result = MappingResult([RecordVisit(self.patient(msg, ctx), self.visit(msg, ctx), action)], action)
+        elif action == "merge_patient":
+            pairs = range(1, max(1, _count(msg, "MRG")) + 1)
+            result = MappingResult([MergePatient(self.patient(msg, ctx, k), self.prior(msg, ctx, k)) for k in pairs],
+                                   action)
+        elif action == "change_patient_id":
+            result = MappingResult([ChangePatientId(self.patient(msg, ctx), self.prior(msg, ctx))], action)
         else:
             result = self.order_commands(msg, ctx)
         result.warnings = list(ctx.warnings)
         return result
 
-    def patient(self, msg, ctx: Context) -> PatientData:
-        name = self.read("patient.name", msg, ctx)
-        birth = self.read("patient.birth_date", msg, ctx)
-        sex = self.read("patient.sex", msg, ctx)
+    def patient(self, msg, ctx: Context, k: int = 1) -> PatientData:
+        """The patient of the k-th PID segment (A40 carries one PID/MRG pair per merge)."""
+        name = self.read("patient.name", msg, ctx, k)
+        birth = self.read("patient.birth_date", msg, ctx, k)
+        sex = self.read("patient.sex", msg, ctx, k)
         return PatientData(
-            patient_id=self.text("patient.id", msg, ctx),
-            issuer=self.text("patient.issuer", msg, ctx),
+            patient_id=self.text("patient.id", msg, ctx, k),
+            issuer=self.text("patient.issuer", msg, ctx, k),
             name=None if name is None else ("" if name == HL7_NULL else name),
             birth_date=None if birth in (None, HL7_NULL) else birth,
             birth_date_given=birth is not None,
             sex=None if sex is None else ("" if sex == HL7_NULL else sex),
+        )
+
+    def prior(self, msg, ctx: Context, k: int = 1) -> PatientRef:
+        return PatientRef(self.text("merge.prior_id", msg, ctx, k), self.text("merge.prior_issuer", msg, ctx, k))
+
+    def visit(self, msg, ctx: Context) -> VisitData:
+        return VisitData(
+            visit_number=self.text("visit.number", msg, ctx),
+            patient_class=self.text("visit.patient_class", msg, ctx),
+            location=self.text("visit.location", msg, ctx),
+            prior_location=self.text("visit.prior_location", msg, ctx),
+            admitted_at=self.read("visit.admitted_at", msg, ctx),
+            discharged_at=self.read("visit.discharged_at", msg, ctx),
         )
 
     def order_ref(self, msg, ctx: Context) -> OrderRef:
@@ -152,9 +176,17 @@ class Mapper:
         action = self.profile.order_controls.get(control)
         if action is None:
             known = ", ".join(sorted(self.profile.order_controls))
-            raise UnknownCode(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
+            raise Unsupported(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
                               f"{known})", location="order.control")
         ref = self.order_ref(msg, ctx)
+        if action == "status":
+            status = self.text("order.status", msg, ctx)
+            action = self.profile.status_changes.get(status)
+            if action is None:
+                ctx.warnings.append(f"status change to {status or '(empty)'} recorded; it changes nothing here")
+                return MappingResult([], "status")
+        if action in ("hold", "release"):
+            return MappingResult([HoldOrder(ref=ref, release=action == "release")], action)
         if action in ("cancel", "discontinue"):
             cmd = CancelOrder(ref=ref, discontinue=action == "discontinue",
                               reason=self.text("order.reason", msg, ctx))

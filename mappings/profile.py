@@ -18,21 +18,26 @@ import yaml
 from mappings.paths import FieldPath, PathError
 from mappings.transforms import TRANSFORMS
 
-ACTIONS = {"register_patient", "order"}
-ORDER_ACTIONS = {"place", "update", "cancel", "discontinue"}
+VISIT_ACTIONS = {"admit", "register", "preadmit", "transfer", "discharge", "update", "change_class", "cancel_admit",
+                 "cancel_transfer", "cancel_discharge"}
+ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", *VISIT_ACTIONS}
+ORDER_ACTIONS = {"place", "update", "cancel", "discontinue", "hold", "release", "status"}
+STATUS_ACTIONS = {"cancel", "discontinue", "hold"}
 OTHERWISE = {"received"}
 
 # Section -> the domain values it may define (the keys an analyst may use).
 SECTIONS: dict[str, set[str]] = {
     "patient": {"id", "issuer", "name", "birth_date", "sex"},
-    "order": {"control", "placer_order_number", "placer_issuer", "filler_order_number", "accession_number",
+    "visit": {"number", "patient_class", "location", "prior_location", "admitted_at", "discharged_at"},
+    "merge": {"prior_id", "prior_issuer"},
+    "order": {"control", "status", "placer_order_number", "placer_issuer", "filler_order_number", "accession_number",
               "priority", "referring_physician", "requesting_physician", "reason"},
     "procedure": {"requested_procedure_id", "study_instance_uid", "code_value", "code_meaning", "code_scheme",
                   "description", "priority"},
     "step": {"sps_id", "modality", "station_aets", "station_name", "scheduled_start", "description",
              "performing_physician"},
 }
-TOP_LEVEL = {"name", "description", "messages", "order_controls", "accession_prefix", *SECTIONS}
+TOP_LEVEL = {"name", "description", "messages", "order_controls", "status_changes", "accession_prefix", *SECTIONS}
 FIELD_KEYS = {"from", "as", "required", "otherwise"}
 SOURCE_KEYS = {"path", "regex"}
 
@@ -69,6 +74,7 @@ class Profile:
     version: str                  # sha256 of the file content, first 12 hex digits
     messages: dict[str, str]
     order_controls: dict[str, str]
+    status_changes: dict[str, str]
     fields: dict[str, FieldSpec]
     accession_prefix: str = "RIS"
     extra: dict = field(default_factory=dict)
@@ -135,6 +141,7 @@ def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
         if not re.fullmatch(r"[A-Z0-9]{3}\^[A-Z0-9]{3}", msg_type):
             fail(("messages", msg_type), "message types are written CODE^EVENT, e.g. ORM^O01")
     controls = _string_table(data.get("order_controls", {}), ("order_controls",), ORDER_ACTIONS, fail)
+    status_changes = _string_table(data.get("status_changes", {}), ("status_changes",), STATUS_ACTIONS, fail)
 
     fields: dict[str, FieldSpec] = {}
     for section, allowed in SECTIONS.items():
@@ -150,7 +157,8 @@ def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
         fail(("accession_prefix",), "a text of at most 8 characters")
     version = hashlib.sha256(raw).hexdigest()[:12]
     return Profile(name=name, description=str(data.get("description", "")), file=file, version=version,
-                   messages=messages, order_controls=controls, fields=fields, accession_prefix=prefix)
+                   messages=messages, order_controls=controls, status_changes=status_changes, fields=fields,
+                   accession_prefix=prefix)
 
 
 def _string_table(table, path, allowed_values, fail) -> dict[str, str]:

@@ -25,10 +25,11 @@ EXPECTED_ACK = {
     "msh_only_v231_openmrs_msh9_missing_message_code.hl7": "AR",
     "orm_o01_v231_nhapi_lab_order_not_imaging.hl7": "AE",      # not an imaging order: no modality
     "orm_o01_v24_mirth_whitespace_padded_crlf.hl7": "AE",      # ORM without ORC/OBR
-    "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AE",           # ORC-1 AF unsupported
-    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AE",   # ORC-1 XR unsupported
-    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AE",  # ORC-1 CR unsupported
-    "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # ORC-1 OD unsupported
+    "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AR",           # ORC-1 AF unsupported (issue: AR)
+    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AR",   # ORC-1 XR unsupported
+    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AR",  # ORC-1 CR unsupported
+    "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # OD honoured, but the order is unknown
+    "adt_a47_v251_dcm4che_change_patient_id.hl7": "AE",        # the prior identifier is unknown here
     "orm_o01_v231_openmrs_ca_cancel.hl7": "AE",                # cancel of an unknown order
     "orm_o01_v231_openmrs_xo_change.hl7": "AE",                # change of an unknown order
     "orm_o01_v23_nhapi_ca_italian_xray.hl7": "AE",             # cancel of an unknown order
@@ -37,7 +38,7 @@ EXPECTED_ACK = {
     "orm_o01_v24_screenit_xo_sc_mammo_lf.hl7": "AE",           # XO of an unknown order
 }
 # Message types this issue does not handle yet are refused with AR (never a silent AA).
-NOT_YET = ("ADT^A24", "ADT^A34", "ADT^A40", "ADT^A47", "OMG^O19", "ORU^R01", "SIU^S12")
+NOT_YET = ("ADT^A24", "OMG^O19", "ORU^R01", "SIU^S12")
 BATCHES = ("batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7", "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7",
            "oru_r01_v22_hapi_msa_in_oru_inline_obx.hl7")
 
@@ -197,3 +198,52 @@ def test_bug28_reused_control_id_never_two_patients_with_one_id(intake, session_
     with unit_of_work(session_factory) as session:
         ids = sorted(session.scalars(select(Patient.patient_id)))
     assert len(ids) == len(set(ids)) == 2
+
+
+def run_hl7(intake, *names: str) -> list[str]:
+    return [msa(intake.handle(corpus_path(*name.split("/")).read_bytes()))[1] for name in names]
+
+
+@pytest.mark.corpus
+def test_bug01_merge_moves_open_worklist_items(intake, read_factory):
+    assert run_hl7(intake, "bugs/bug01_step1_orm_nw_old_patient.hl7", "bugs/bug01_step2_adt_a40_merge.hl7") == ["AA", "AA"]
+    assert [(i.accession_number, i.patient_id) for i in item_for(read_factory, patient_id="P-NEW-01")] == \
+        [("ACC-5001", "P-NEW-01")]
+    assert item_for(read_factory, patient_id="P-OLD-01") == []
+    # replayed: idempotent
+    assert run_hl7(intake, "bugs/bug01_step2_adt_a40_merge.hl7") == ["AA"]
+    assert len(item_for(read_factory, patient_id="P-NEW-01")) == 1
+
+
+@pytest.mark.corpus
+def test_a40_with_two_pairs_merges_both(intake, session_factory):
+    with unit_of_work(session_factory) as session:
+        for pid in ("MR1", "MR2", "MR3", "MR4"):
+            session.add(Patient(patient_id=pid, issuer="XYZ", name=f"P^{pid}", sex=""))
+    assert run_hl7(intake, "hl7/adt_a40_v25_lfh_two_pid_mrg_pairs.hl7") == ["AA"]
+    with unit_of_work(session_factory) as session:
+        merged = {p.patient_id: p.merged_into.patient_id if p.merged_into else None
+                  for p in session.scalars(select(Patient))}
+    assert merged == {"MR1": None, "MR2": "MR1", "MR3": None, "MR4": "MR3"}
+
+
+@pytest.mark.corpus
+def test_bug28_change_to_an_existing_id_is_refused(intake, session_factory):
+    codes = run_hl7(intake, "bugs/bug28_step1_a28_pid_a.hl7", "bugs/bug28_step2_a28_pid_b_same_control_id.hl7",
+                    "bugs/bug28_step3_a47_change_a_to_existing_b.hl7")
+    assert codes == ["AA", "AA", "AE"]
+    with unit_of_work(session_factory) as session:
+        ids = sorted(session.scalars(select(Patient.patient_id)))
+        msg = session.scalars(select(InboundMessage).where(InboundMessage.control_id == "DUPID-3")).one()
+    assert ids == ["PID-A-1028", "PID-B-1028"]
+    assert "already belongs to another patient" in msg.error
+
+
+@pytest.mark.corpus
+def test_a34_trigger_from_msh9_not_evn(intake, session_factory):
+    with unit_of_work(session_factory) as session:
+        session.add(Patient(patient_id="456", issuer="", name="OLD^ONE", sex=""))
+    assert run_hl7(intake, "hl7/adt_a34_v23_lfh_evn_says_a40_no_msh7.hl7") == ["AA"]
+    with unit_of_work(session_factory) as session:
+        old = session.scalars(select(Patient).where(Patient.patient_id == "456")).one()
+        assert old.merged_into is not None and old.merged_into.patient_id == "123"

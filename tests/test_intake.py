@@ -233,3 +233,95 @@ def test_unfinished_message_is_recovered(intake, session_factory, read_factory):
     assert recover_unfinished_messages(session_factory, intake, older_than_s=0) == 1
     assert len(worklist(read_factory, accession_number="ACC-100")) == 1
     assert recover_unfinished_messages(session_factory, intake, older_than_s=0) == 0
+
+
+def a40(ctrl_id: str, survivor: str, merged: str) -> bytes:
+    return hl7(f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ADT^A40^ADT_A39|{ctrl_id}|P|2.5",
+               "EVN|A40|20261203120000", f"PID|||{survivor}^^^HOSP||MERGED^MARIA", f"MRG|{merged}^^^HOSP")
+
+
+def test_merge_guards(intake, session_factory):
+    intake.handle(adt("A04", "G0", pid="OLD"))
+    intake.handle(orm("NW", "G1", pid="OLD"))
+    assert segments(intake.handle(a40("G2", "NEW", "NEW")))["MSA"][1] == "AE"          # into itself
+    assert segments(intake.handle(a40("G3", "NEW", "OLD")))["MSA"][1] == "AA"
+    assert segments(intake.handle(a40("G4", "NEW", "OLD")))["MSA"][1] == "AA"          # repeated: no change
+    ack = intake.handle(a40("G5", "OLD", "NEW"))                                           # swapped
+    assert segments(ack)["MSA"][1] == "AE" and "other way round" in err(ack)[2]
+    with unit_of_work(session_factory) as session:
+        order = session.scalars(select(Order)).one()
+        assert order.patient.patient_id == "NEW"
+    # a later message naming the merged-away identifier lands on the survivor
+    intake.handle(adt("A08", "G6", pid="OLD", name="LATER^NAME"))
+    with unit_of_work(session_factory) as session:
+        survivor = session.scalars(select(Patient).where(Patient.patient_id == "NEW")).one()
+        assert survivor.name == "LATER^NAME"
+        assert session.scalar(select(func.count()).select_from(Patient)) == 2
+
+
+def test_merge_relabels_archived_studies(intake, session_factory):
+    from app.commands import InstanceData
+    from app.models import Study
+    from app.services.archive import index_instance
+
+    intake.handle(adt("A04", "S0", pid="OLD"))
+    with unit_of_work(session_factory) as session:
+        index_instance(session, InstanceData("1.2.3", "1.2.3.1", "1.2.3.1.1", "1.2.840.10008.5.1.4.1.1.2", "x", 1,
+                                             patient_id="OLD", issuer="HOSP"))
+    intake.handle(a40("S1", "NEW", "OLD"))
+    with unit_of_work(session_factory) as session:
+        study = session.scalars(select(Study)).one()
+        assert (study.patient_id, study.patient_name) == ("NEW", "MERGED^MARIA")
+
+
+def visit_msg(event: str, ctrl_id: str, *, visit="V-1", location="WARD1^R1^B1", prior="") -> bytes:
+    return hl7(f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ADT^{event}|{ctrl_id}|P|2.5",
+               f"EVN|{event}|20261203120000", "PID|||PAT-V^^^HOSP||VISIT^VERA",
+               seg("PV1", {2: "I", 3: location, 6: prior, 19: visit, 44: "20261203110000"}))
+
+
+def test_visit_lifecycle(intake, session_factory):
+    from app.models import Visit, VisitStatus
+
+    def visit():
+        with unit_of_work(session_factory) as session:
+            v = session.scalars(select(Visit)).one()
+            return v.status, v.location, v.prior_location
+
+    assert segments(intake.handle(visit_msg("A01", "V1")))["MSA"][1] == "AA"
+    assert visit() == (VisitStatus.ADMITTED, "WARD1", "")
+    intake.handle(visit_msg("A02", "V2", location="WARD2"))
+    assert visit() == (VisitStatus.ADMITTED, "WARD2", "WARD1")
+    intake.handle(visit_msg("A12", "V3", location="WARD2", prior="WARD1"))
+    assert visit() == (VisitStatus.ADMITTED, "WARD1", "")
+    intake.handle(visit_msg("A03", "V4", location="WARD1"))
+    assert visit()[0] is VisitStatus.DISCHARGED
+    intake.handle(visit_msg("A13", "V5", location="WARD1"))
+    assert visit()[0] is VisitStatus.ADMITTED
+    intake.handle(visit_msg("A11", "V6", location="WARD1"))
+    assert visit()[0] is VisitStatus.CANCELLED
+    ack = intake.handle(visit_msg("A11", "V7", visit="V-UNKNOWN"))
+    assert segments(ack)["MSA"][1] == "AE" and err(ack)[:2] == ("PV1^1^19", "204")
+
+
+def test_hold_and_release(intake, read_factory):
+    intake.handle(orm("NW", "H1"))
+    assert segments(intake.handle(orm("HD", "H2")))["MSA"][1] == "AA"
+    assert worklist(read_factory, accession_number="ACC-100") == []
+    assert segments(intake.handle(orm("RL", "H3")))["MSA"][1] == "AA"
+    assert len(worklist(read_factory, accession_number="ACC-100")) == 1
+
+
+def test_status_change_cancel_and_noop(intake, read_factory):
+    intake.handle(orm("NW", "SC1"))
+    plain = orm("SC", "SC2").replace(b"ORC|SC|", b"ORC|SC|").replace(b"|||||^^^", b"|||IP||^^^")
+    assert segments(intake.handle(plain))["MSA"][1] == "AA"
+    assert len(worklist(read_factory, accession_number="ACC-100")) == 1
+    cancel = orm("SC", "SC3").replace(b"|||||^^^", b"|||CA||^^^")
+    assert segments(intake.handle(cancel))["MSA"][1] == "AA"
+    assert worklist(read_factory, accession_number="ACC-100") == []
+
+
+def test_unknown_order_control_is_ar(intake):
+    ack = intake.handle(orm("ZZ", "U9"))
+    assert segments(ack)["MSA"][1] == "AR" and err(ack)[0] == "ORC^1^1"

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.commands import CancelOrder, Cause, PlaceOrder, RegisterPatient, UpdateOrder
+from app.commands import (CancelOrder, Cause, ChangePatientId, HoldOrder, MergePatient, PlaceOrder, RecordVisit,
+                          RegisterPatient, UpdateOrder)
 from app.services.orders import apply_order_command
-from app.services.patients import register_patient
+from app.services.patients import change_patient_id, merge_patient, register_patient
+from app.services.visits import record_visit
 
 
 def apply_command(session: Session, command, cause: Cause, *, uid_root: str, accession_prefix: str = "RIS"):
     if isinstance(command, RegisterPatient):
         patient, _ = register_patient(session, command.patient)
         return patient
-    if isinstance(command, (PlaceOrder, UpdateOrder, CancelOrder)):
+    if isinstance(command, RecordVisit):
+        return record_visit(session, command)
+    if isinstance(command, MergePatient):
+        return merge_patient(session, command)
+    if isinstance(command, ChangePatientId):
+        return change_patient_id(session, command)
+    if isinstance(command, (PlaceOrder, UpdateOrder, CancelOrder, HoldOrder)):
         return apply_order_command(session, command, cause, uid_root=uid_root, accession_prefix=accession_prefix)
     raise TypeError(f"no service for command {type(command).__name__}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.commands import CancelOrder, Cause, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
+from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Order, OrderStatus, ProcedureStep, RequestedProcedure, StepStation, StepStatus
 from app.services.patients import register_patient
@@ -21,7 +21,7 @@ from app.uids import derived_uid
 from app.validation import clip, identifier, uid
 from app.vocabulary import MODALITIES
 
-OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.READY)
+OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.HELD, StepStatus.ARRIVED, StepStatus.READY)
 
 
 def find_order(session: Session, ref: OrderRef) -> Order | None:
@@ -138,6 +138,28 @@ def cancel_order(session: Session, command: CancelOrder, cause: Cause) -> Order:
     return order
 
 
+def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
+    """Hold (HD) or release (RL) an order: held steps are not offered in the worklist."""
+    order = find_order(session, command.ref)
+    if order is None:
+        raise NotFound(f"unknown order: {command.ref.describe()}", location="order.placer_order_number")
+    if command.release:
+        if order.status is not OrderStatus.HELD:
+            raise Conflict(f"order {order.accession_number} is {order.status.value}, not on hold", location="order.control")
+        order.status, before, after = OrderStatus.SCHEDULED, StepStatus.HELD, StepStatus.SCHEDULED
+    else:
+        if order.status not in (OrderStatus.SCHEDULED, OrderStatus.HELD):
+            raise Conflict(f"order {order.accession_number} is {order.status.value}; only a scheduled order can be "
+                           "held", location="order.control")
+        order.status, before, after = OrderStatus.HELD, StepStatus.SCHEDULED, StepStatus.HELD
+    for proc in order.procedures:
+        for step in proc.steps:
+            if step.status is before:
+                step.status = after
+    session.flush()
+    return order
+
+
 def apply_order_command(session: Session, command, cause: Cause, *, uid_root: str, accession_prefix: str = "RIS"):
     """Dispatch one order command to its service function."""
     if isinstance(command, PlaceOrder):
@@ -146,6 +168,8 @@ def apply_order_command(session: Session, command, cause: Cause, *, uid_root: st
         return update_order(session, command, cause, uid_root=uid_root)
     if isinstance(command, CancelOrder):
         return cancel_order(session, command, cause)
+    if isinstance(command, HoldOrder):
+        return hold_order(session, command, cause)
     raise TypeError(f"not an order command: {command!r}")
 
 

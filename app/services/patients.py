@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.commands import PatientData
-from app.errors import InvalidInput
-from app.models import Patient
+from app.commands import ChangePatientId, MergePatient, PatientData
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Order, Patient, Study, Visit
 from app.validation import clip, identifier
 
 
 def find_patient(session: Session, patient_id: str, issuer: str = "") -> Patient | None:
+    """The patient record with exactly this identifier (merged records included)."""
     return session.scalars(
         select(Patient).where(Patient.patient_id == patient_id, Patient.issuer == issuer)
     ).first()
+
+
+def survivor_of(patient: Patient) -> Patient:
+    """Follow merges to the record that holds the patient's data now."""
+    seen = set()
+    while patient.merged_into is not None and patient.id not in seen:
+        seen.add(patient.id)
+        patient = patient.merged_into
+    return patient
 
 
 def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool]:
@@ -30,6 +40,8 @@ def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool
     identifier(data.issuer, 64, "patient.issuer")
     patient = find_patient(session, data.patient_id, data.issuer)
     created = patient is None
+    if patient is not None:
+        patient = survivor_of(patient)  # a merged-away identifier lands on the survivor
     if created:
         patient = Patient(patient_id=data.patient_id, issuer=data.issuer, name="", sex="")
         session.add(patient)
@@ -41,3 +53,69 @@ def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool
         patient.sex = clip(data.sex, 16)
     session.flush()
     return patient, created
+
+
+def _move_patient_data(session: Session, source: Patient, target: Patient) -> None:
+    """Orders, visits and archived studies of ``source`` now belong to ``target``."""
+    session.execute(update(Order).where(Order.patient_fk == source.id).values(patient_fk=target.id))
+    session.execute(update(Visit).where(Visit.patient_fk == source.id).values(patient_fk=target.id))
+    _relabel_studies(session, source.patient_id, source.issuer, target)
+    session.expire_all()
+
+
+def _relabel_studies(session: Session, patient_id: str, issuer: str, target: Patient) -> None:
+    same = Study.patient_id == patient_id
+    same_issuer = (Study.issuer == issuer) | (Study.issuer == "")
+    session.execute(update(Study).where(same, same_issuer).values(
+        patient_id=target.patient_id, issuer=target.issuer, patient_name=target.name))
+
+
+def merge_patient(session: Session, command: MergePatient) -> Patient:
+    """Merge one patient record into another (ADT A40/A34; IHE RAD-12 Patient Update).
+
+    Guards: a merge of a record into itself is refused; repeating a merge changes nothing; a merge
+    against the direction of an earlier one (the survivor was merged into this record) is refused.
+    """
+    survivor_key = (command.survivor.patient_id, command.survivor.issuer)
+    merged_key = (command.merged.patient_id, command.merged.issuer or command.survivor.issuer)
+    if not command.merged.patient_id:
+        raise InvalidInput("identifier of the patient to merge missing", location="merge.prior_id", missing=True)
+    if survivor_key == merged_key:
+        raise InvalidInput(f"cannot merge patient {merged_key[0]} into itself", location="merge.prior_id")
+    merged = find_patient(session, *merged_key)
+    survivor_row = find_patient(session, *survivor_key)
+    if merged is not None and survivor_row is not None and survivor_of(survivor_row) is merged:
+        raise Conflict(f"patient {survivor_key[0]} was merged into {merged_key[0]}; a merge the other way "
+                       "round is refused", location="merge.prior_id")
+    survivor, _ = register_patient(session, command.survivor)
+    if merged is None or survivor_of(merged) is survivor:
+        return survivor  # nothing to move, or merged already: the same merge again changes nothing
+    if merged.merged_into is not None:
+        raise Conflict(f"patient {merged_key[0]} was already merged into "
+                       f"{survivor_of(merged).patient_id}", location="merge.prior_id")
+    _move_patient_data(session, merged, survivor)
+    merged = session.get(Patient, merged.id)
+    merged.merged_into = session.get(Patient, survivor.id)
+    session.flush()
+    return survivor
+
+
+def change_patient_id(session: Session, command: ChangePatientId) -> Patient:
+    """Rename a patient's identifier (ADT A47); to an identifier another patient holds: refused."""
+    new_key = (command.patient.patient_id, command.patient.issuer)
+    prior_key = (command.prior.patient_id, command.prior.issuer or command.patient.issuer)
+    identifier(new_key[0], 64, "patient.id")
+    prior = find_patient(session, *prior_key)
+    if prior is None:
+        raise NotFound(f"no patient {prior_key[0]} to change", location="merge.prior_id")
+    prior = survivor_of(prior)
+    holder = find_patient(session, *new_key)
+    if holder is not None and survivor_of(holder) is not prior:
+        raise Conflict(f"patient id {new_key[0]} already belongs to another patient; send A40 to merge them",
+                       location="patient.id")
+    if holder is None:
+        old_id, old_issuer = prior.patient_id, prior.issuer
+        prior.patient_id, prior.issuer = new_key
+        session.flush()
+        _relabel_studies(session, old_id, old_issuer, prior)
+    return register_patient(session, command.patient)[0]

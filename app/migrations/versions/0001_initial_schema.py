@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 19:58:13.003824
+Create Date: 2026-12-03 20:10:14.021213
 """
 from alembic import op
 import sqlalchemy as sa
@@ -49,11 +49,16 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=324), nullable=False),
     sa.Column('birth_date', sa.Date(), nullable=True),
     sa.Column('sex', sa.String(length=16), nullable=False),
+    sa.Column('merged_into_fk', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['merged_into_fk'], ['patients.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('patient_id', 'issuer', name='uq_patient_key')
     )
+    with op.batch_alter_table('patients', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_patients_merged_into_fk'), ['merged_into_fk'], unique=False)
+
     op.create_table('orders',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('patient_fk', sa.Integer(), nullable=False),
@@ -61,7 +66,7 @@ def upgrade() -> None:
     sa.Column('placer_issuer', sa.String(length=64), nullable=False),
     sa.Column('filler_order_number', sa.String(length=64), nullable=False),
     sa.Column('accession_number', sa.String(length=16), nullable=False),
-    sa.Column('status', sa.Enum('SCHEDULED', 'IN_PROGRESS', 'COMPLETED', 'CANCELLED', 'DISCONTINUED', name='orderstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('status', sa.Enum('SCHEDULED', 'HELD', 'IN_PROGRESS', 'COMPLETED', 'CANCELLED', 'DISCONTINUED', name='orderstatus', native_enum=False, length=24), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('referring_physician', sa.String(length=324), nullable=False),
     sa.Column('requesting_physician', sa.String(length=324), nullable=False),
@@ -79,6 +84,25 @@ def upgrade() -> None:
         batch_op.create_index('ix_orders_filler', ['filler_order_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_orders_patient_fk'), ['patient_fk'], unique=False)
         batch_op.create_index('ix_orders_placer', ['placer_order_number', 'placer_issuer'], unique=False)
+
+    op.create_table('visits',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('patient_fk', sa.Integer(), nullable=False),
+    sa.Column('visit_number', sa.String(length=64), nullable=False),
+    sa.Column('patient_class', sa.String(length=16), nullable=False),
+    sa.Column('location', sa.String(length=128), nullable=False),
+    sa.Column('prior_location', sa.String(length=128), nullable=False),
+    sa.Column('status', sa.Enum('PREADMITTED', 'ADMITTED', 'DISCHARGED', 'CANCELLED', name='visitstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('admitted_at', sa.DateTime(), nullable=True),
+    sa.Column('discharged_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('visit_number', 'patient_fk', name='uq_visit_number')
+    )
+    with op.batch_alter_table('visits', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_visits_patient_fk'), ['patient_fk'], unique=False)
 
     op.create_table('requested_procedures',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -130,7 +154,7 @@ def upgrade() -> None:
     sa.Column('scheduled_start', sa.DateTime(), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=False),
     sa.Column('performing_physician', sa.String(length=324), nullable=False),
-    sa.Column('status', sa.Enum('SCHEDULED', 'ARRIVED', 'READY', 'STARTED', 'IN_PROGRESS', 'COMPLETED', 'DISCONTINUED', 'CANCELLED', name='stepstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('status', sa.Enum('SCHEDULED', 'HELD', 'ARRIVED', 'READY', 'STARTED', 'IN_PROGRESS', 'COMPLETED', 'DISCONTINUED', 'CANCELLED', name='stepstatus', native_enum=False, length=24), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['procedure_fk'], ['requested_procedures.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -244,6 +268,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_requested_procedures_order_fk'))
 
     op.drop_table('requested_procedures')
+    with op.batch_alter_table('visits', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_visits_patient_fk'))
+
+    op.drop_table('visits')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_placer')
         batch_op.drop_index(batch_op.f('ix_orders_patient_fk'))
@@ -251,6 +279,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_orders_accession')
 
     op.drop_table('orders')
+    with op.batch_alter_table('patients', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_patients_merged_into_fk'))
+
     op.drop_table('patients')
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.drop_index('ix_inbound_status')
