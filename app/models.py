@@ -23,6 +23,8 @@ from sqlalchemy import (
     Date,
     DateTime,
     Enum,
+    Float,
+    JSON,
     ForeignKey,
     Index,
     Integer,
@@ -173,7 +175,7 @@ class Order(Base):
     requesting_physician: Mapped[pn]
     reason: Mapped[text]
     sender: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    source_message_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id"))
+    source_message_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 
@@ -348,5 +350,11 @@ class InboundMessage(Base):
     error: Mapped[text]
     warnings: Mapped[text]
     profile: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    duplicate_of_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id"))
+    duplicate_of_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    batch_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="CASCADE"), index=True)
+    patient_key: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), nullable=False, default="", index=True)
+    changes: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     processed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    duration_ms: Mapped[Optional[float]] = mapped_column(Float)

@@ -51,6 +51,13 @@ class Settings:
         "When MSH-18 declares an 8859 set but the bytes are valid UTF-8: 'prefer-utf8' or 'declared'.",
         "prefer-utf8",
     )
+    hl7_dedup_window_days: float = _doc(
+        "A resent message (same sender, control id and bytes) within this many days gets the original ACK.", 7.0
+    )
+    message_retention_days: float = _doc(
+        "Processed, duplicate and rejected messages older than this are pruned daily (0 = keep all); "
+        "messages in ERROR are kept.", 90.0
+    )
     hl7_max_message_size: int = _doc("Largest accepted HL7 message in bytes (larger: ACK AR).", 16 * 1024 * 1024)
     mllp_idle_timeout: float = _doc("Seconds an MLLP connection may stay silent before it is closed.", 600.0)
     mllp_workers: int = _doc("Threads that apply HL7 messages (one connection's messages stay in order).", 8)

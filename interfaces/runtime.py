@@ -27,8 +27,16 @@ from mappings.profile import ProfileSet
 log = logging.getLogger("interfaces.runtime")
 
 
-def build_wsgi_app(settings: Settings, session_factory, read_factory):
-    return create_app(settings, session_factory, read_factory, blueprints=[fhir])
+def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL7Intake | None = None):
+    """The web application; ``intake`` serves message reprocessing (built here when not given)."""
+    if intake is None:
+        intake = HL7Intake(settings, session_factory, load_profile(settings))
+    return create_app(settings, session_factory, read_factory, blueprints=[fhir],
+                      services={"reprocess_message": intake.reprocess})
+
+
+def load_profile(settings: Settings):
+    return ProfileSet(settings.mappings_path).get(settings.mapping_profile)
 
 
 class Engine:
@@ -41,15 +49,16 @@ class Engine:
         upgrade(self.db)
         self.sessions = make_session_factory(self.db)
         self.read_sessions = make_session_factory(self.db, read_only=True)
-        self.profile = ProfileSet(settings.mappings_path).get(settings.mapping_profile)
+        self.profile = load_profile(settings)
         self.intake = HL7Intake(settings, self.sessions, self.profile)
         self.mllp = MLLPServer(self.intake.handle_frame, settings.host, settings.mllp_port,
                                max_message_size=settings.hl7_max_message_size,
-                               idle_timeout=settings.mllp_idle_timeout, workers=settings.mllp_workers)
+                               idle_timeout=settings.mllp_idle_timeout, workers=settings.mllp_workers,
+                               ordering_key=self.intake.ordering_key)
         self.dicom = DicomServer(settings, self.sessions, self.read_sessions, ArchiveStore(settings.archive_path))
-        self.wsgi = build_wsgi_app(settings, self.sessions, self.read_sessions)
+        self.wsgi = build_wsgi_app(settings, self.sessions, self.read_sessions, self.intake)
         self.http = None
-        self.scheduler = make_scheduler(self.sessions, self.intake) if settings.scheduler_enabled else None
+        self.scheduler = make_scheduler(settings, self.sessions, self.intake) if settings.scheduler_enabled else None
         self._http_thread: threading.Thread | None = None
 
     def start(self) -> None:

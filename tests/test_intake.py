@@ -325,3 +325,52 @@ def test_status_change_cancel_and_noop(intake, read_factory):
 def test_unknown_order_control_is_ar(intake):
     ack = intake.handle(orm("ZZ", "U9"))
     assert segments(ack)["MSA"][1] == "AR" and err(ack)[0] == "ORC^1^1"
+
+
+def test_batch_in_one_frame_is_applied_and_answered_per_message(intake, session_factory, read_factory):
+    batch = b"BHS|^~\\&|HIS|HOSP|RIS|RAD|20261203||||BATCH-7\r" + orm("NW", "B1") + \
+        orm("NW", "B2", placer="PL-200", accession="ACC-200") + b"BTS|2\r"
+    ack = intake.handle(batch).decode()
+    lines = ack.strip("\r").split("\r")
+    assert lines[0].startswith("BHS|^~\\&|RIS|RADIOLOGY|HIS|HOSP|") and lines[0].endswith("|BATCH-7")
+    assert [line for line in lines if line.startswith("MSA")] == ["MSA|AA|B1", "MSA|AA|B2"]
+    assert lines[-1] == "BTS|2"
+    assert {i.accession_number for i in worklist(read_factory)} == {"ACC-100", "ACC-200"}
+    # resent batch: the same answer, nothing applied twice
+    assert intake.handle(batch).decode().count("MSA|AA|") == 2
+    with unit_of_work(session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 2
+
+
+def test_duplicate_window(settings, session_factory):
+    import dataclasses
+
+    from app.models import utcnow
+
+    short = HL7Intake(dataclasses.replace(settings, hl7_dedup_window_days=1), session_factory,
+                      ProfileSet(settings.mappings_path).get("default"))
+    short.handle(adt("A04", "W1"))
+    with unit_of_work(session_factory) as session:
+        session.scalars(select(InboundMessage)).one().received_at = utcnow() - dt.timedelta(days=2)
+    short.handle(adt("A04", "W1"))
+    with unit_of_work(session_factory) as session:
+        statuses = [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+    assert statuses == [MessageStatus.PROCESSED, MessageStatus.PROCESSED]  # outside the window: applied again
+
+
+def test_retention_prunes_answered_messages_but_keeps_errors(intake, session_factory):
+    from app.models import utcnow
+    from interfaces.scheduler.jobs import prune_messages
+
+    intake.handle(orm("NW", "P1"))
+    intake.handle(orm("CA", "P2", placer="NOPE"))   # ERROR
+    intake.handle(orm("NW", "P1"))                  # DUPLICATE
+    with unit_of_work(session_factory) as session:
+        for m in session.scalars(select(InboundMessage)):
+            m.received_at = utcnow() - dt.timedelta(days=100)
+    assert prune_messages(session_factory, 90) == 2
+    with unit_of_work(session_factory) as session:
+        left = session.scalars(select(InboundMessage)).all()
+        assert [m.status for m in left] == [MessageStatus.ERROR]
+        assert session.scalars(select(Order)).one().source_message_fk is None
+    assert prune_messages(session_factory, 0) == 0

@@ -110,16 +110,20 @@ def message_view(msg: InboundMessage, *, with_raw: bool = False) -> dict:
         "sender": msg.sender, "control_id": msg.control_id, "message_type": msg.message_type,
         "charset": msg.charset, "size": msg.size, "status": msg.status.value, "ack_code": msg.ack_code,
         "error": msg.error, "warnings": [w for w in msg.warnings.split("\n") if w], "profile": msg.profile,
-        "duplicate_of": msg.duplicate_of_fk, "processed_at": _iso(msg.processed_at),
+        "duplicate_of": msg.duplicate_of_fk, "batch": msg.batch_fk, "patient_id": msg.patient_key,
+        "accession_number": msg.accession_number, "attempts": msg.attempts,
+        "processed_at": _iso(msg.processed_at), "duration_ms": msg.duration_ms,
     }
     if with_raw:
+        view["changes"] = msg.changes or []
         view["raw"] = msg.raw.decode(msg.charset or "latin-1", errors="replace")
         view["ack"] = msg.ack.decode(msg.charset or "latin-1", errors="replace") if msg.ack else None
     return view
 
 
-def search_messages(session: Session, *, control_id: str = "", status: str = "", message_type: str = "",
-                    limit: int = 100) -> list[dict]:
+def message_query(*, control_id: str = "", status: str = "", message_type: str = "", patient_id: str = "",
+                  accession: str = "", since=None, until=None):
+    """Messages matching every given criterion (the analyst's search), newest first."""
     q = select(InboundMessage)
     if control_id:
         q = q.where(InboundMessage.control_id == control_id)
@@ -127,7 +131,25 @@ def search_messages(session: Session, *, control_id: str = "", status: str = "",
         q = q.where(InboundMessage.status == status)
     if message_type:
         q = q.where(InboundMessage.message_type == message_type)
-    return [message_view(m) for m in session.scalars(q.order_by(InboundMessage.id.desc()).limit(limit))]
+    if patient_id:
+        q = q.where(InboundMessage.patient_key == patient_id)
+    if accession:
+        q = q.where(InboundMessage.accession_number == accession)
+    if since is not None:
+        q = q.where(InboundMessage.received_at >= since)
+    if until is not None:
+        q = q.where(InboundMessage.received_at < until)
+    return q.order_by(InboundMessage.id.desc())
+
+
+def search_messages(session: Session, *, limit: int = 100, **criteria) -> list[dict]:
+    return [message_view(m) for m in session.scalars(message_query(**criteria).limit(limit))]
+
+
+def message_ids(session: Session, *, limit: int = 100, **criteria) -> list[int]:
+    """Ids of matching messages, oldest first (the order to reprocess them in)."""
+    q = message_query(**criteria).with_only_columns(InboundMessage.id).limit(limit)
+    return sorted(session.scalars(q))
 
 
 def get_message(session: Session, message_id: int) -> dict | None:

@@ -33,26 +33,34 @@ def store_received(session: Session, raw: bytes, *, transport: str, peer: str,
     return msg
 
 
-def find_original(session: Session, msg: InboundMessage) -> InboundMessage | None:
-    """The earlier, answered message this one repeats (same sender, control id and bytes)."""
+def find_original(session: Session, msg: InboundMessage, since: dt.datetime | None = None) -> InboundMessage | None:
+    """The earlier, answered message this one repeats (same sender, control id and bytes),
+    received after ``since`` (the duplicate window)."""
     if not msg.control_id:
         return None
-    return session.scalars(
-        select(InboundMessage)
-        .where(InboundMessage.sender == msg.sender, InboundMessage.control_id == msg.control_id,
-               InboundMessage.digest == msg.digest, InboundMessage.id != msg.id,
-               InboundMessage.status.in_(ANSWERED))
-        .order_by(InboundMessage.id)
-    ).first()
+    q = (select(InboundMessage)
+         .where(InboundMessage.sender == msg.sender, InboundMessage.control_id == msg.control_id,
+                InboundMessage.digest == msg.digest, InboundMessage.id != msg.id,
+                InboundMessage.status.in_(ANSWERED)))
+    if since is not None:
+        q = q.where(InboundMessage.received_at >= since)
+    return session.scalars(q.order_by(InboundMessage.id)).first()
+
+
+def batch_children(session: Session, parent: InboundMessage) -> list[InboundMessage]:
+    return list(session.scalars(
+        select(InboundMessage).where(InboundMessage.batch_fk == parent.id).order_by(InboundMessage.id)))
 
 
 def finish(msg: InboundMessage, status: MessageStatus, *, ack: bytes | None, ack_code: str,
-           error: str = "", warnings: list[str] | tuple[str, ...] = ()) -> None:
+           error: str = "", warnings: list[str] | tuple[str, ...] = (), changes: list | None = None) -> None:
     msg.status = status
     msg.ack = ack
     msg.ack_code = ack_code
     msg.error = error[:4000]
     msg.warnings = "\n".join(warnings)[:4000]
+    msg.changes = changes or []
+    msg.attempts = (msg.attempts or 0) + 1
     msg.processed_at = utcnow()
 
 
@@ -63,3 +71,32 @@ def unfinished(session: Session, older_than: dt.datetime, limit: int = 100) -> l
         .where(InboundMessage.status == MessageStatus.RECEIVED, InboundMessage.received_at < older_than)
         .order_by(InboundMessage.id).limit(limit)
     ))
+
+
+PRUNABLE = (MessageStatus.PROCESSED, MessageStatus.DUPLICATE, MessageStatus.REJECTED)
+
+
+def prune(session: Session, older_than: dt.datetime, *, include_errors: bool = False) -> int:
+    """Delete answered messages received before ``older_than``; ERROR ones only when asked.
+
+    Orders keep their data; their link to the source message is cleared by the foreign key
+    (ON DELETE SET NULL) or here, for databases that do not enforce it.
+    """
+    from sqlalchemy import delete, update
+
+    from app.models import Order
+
+    statuses = PRUNABLE + ((MessageStatus.ERROR,) if include_errors else ())
+    doomed = (select(InboundMessage.id)
+              .where(InboundMessage.received_at < older_than, InboundMessage.status.in_(statuses),
+                     InboundMessage.batch_fk.is_(None)))
+    ids = list(session.scalars(doomed))
+    total = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        session.execute(update(Order).where(Order.source_message_fk.in_(chunk)).values(source_message_fk=None))
+        session.execute(update(InboundMessage).where(InboundMessage.duplicate_of_fk.in_(chunk))
+                        .values(duplicate_of_fk=None))
+        session.execute(delete(InboundMessage).where(InboundMessage.batch_fk.in_(chunk)))
+        total += session.execute(delete(InboundMessage).where(InboundMessage.id.in_(chunk))).rowcount
+    return total

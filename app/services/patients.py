@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.changes import note
 from app.commands import ChangePatientId, MergePatient, PatientData
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Order, Patient, Study, Visit
@@ -57,17 +58,20 @@ def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool
 
 def _move_patient_data(session: Session, source: Patient, target: Patient) -> None:
     """Orders, visits and archived studies of ``source`` now belong to ``target``."""
-    session.execute(update(Order).where(Order.patient_fk == source.id).values(patient_fk=target.id))
-    session.execute(update(Visit).where(Visit.patient_fk == source.id).values(patient_fk=target.id))
-    _relabel_studies(session, source.patient_id, source.issuer, target)
+    moved = {}
+    for model in (Order, Visit):
+        result = session.execute(update(model).where(model.patient_fk == source.id).values(patient_fk=target.id))
+        moved[model.__tablename__] = result.rowcount
+    moved["studies"] = _relabel_studies(session, source.patient_id, source.issuer, target)
+    note(session, {"action": "moved", "entity": "patients", "id": source.id, "to": target.id, "rows": moved})
     session.expire_all()
 
 
-def _relabel_studies(session: Session, patient_id: str, issuer: str, target: Patient) -> None:
+def _relabel_studies(session: Session, patient_id: str, issuer: str, target: Patient) -> int:
     same = Study.patient_id == patient_id
     same_issuer = (Study.issuer == issuer) | (Study.issuer == "")
-    session.execute(update(Study).where(same, same_issuer).values(
-        patient_id=target.patient_id, issuer=target.issuer, patient_name=target.name))
+    return session.execute(update(Study).where(same, same_issuer).values(
+        patient_id=target.patient_id, issuer=target.issuer, patient_name=target.name)).rowcount
 
 
 def merge_patient(session: Session, command: MergePatient) -> Patient:

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.changes import ChangeRecorder
 from app.commands import Cause
 from app.db import unit_of_work
 from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCode, Unsupported
@@ -38,7 +39,7 @@ from app.services.dispatch import apply_command
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
 from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable
-from interfaces.hl7.tokenizer import HL7ParseError, Message, parse
+from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
 from mappings.hl7v2 import Mapper, locate, message_type
 from mappings.profile import Profile
 from mappings.transforms import Context
@@ -51,6 +52,36 @@ class Outcome:
     status: MessageStatus
     ack_code: str
     error: ErrorDetail | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What processing a message gave: the ACK bytes and what is recorded about it."""
+
+    ack: bytes
+    status: MessageStatus
+    ack_code: str
+    error: str = ""
+    warnings: tuple[str, ...] = ()
+    changes: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def of(cls, row: InboundMessage) -> "Result":
+        return cls(row.ack or b"", row.status, row.ack_code, row.error,
+                   tuple(w for w in row.warnings.split("\n") if w), list(row.changes or []))
+
+    def as_dict(self) -> dict:
+        return {"status": self.status.value, "ack_code": self.ack_code, "error": self.error,
+                "warnings": list(self.warnings), "changes": self.changes,
+                "ack": self.ack.decode("latin-1").replace("\r", "\n")}
+
+
+def is_batch(text: str) -> bool:
+    """An HL7 batch (FHS/BHS headers, HL7 v2.5.1 2.10.3) or several messages in one frame."""
+    head = text.lstrip(" \t\r\n\x00\x0b\x1c\ufeff")[:3]
+    if head in ("FHS", "BHS"):
+        return True
+    return head == "MSH" and ("\rMSH" in text or "\nMSH" in text)
 
 
 def ack_for_error(exc: Exception) -> Outcome:
@@ -107,81 +138,204 @@ class HL7Intake:
 
     def process(self, msg_id: int) -> bytes:
         """Apply the stored message ``msg_id`` (also the recovery path for unfinished messages)."""
+        return self._with_retries(msg_id, reprocess=False, dry_run=False).ack
+
+    def reprocess(self, msg_id: int, *, dry_run: bool = False) -> "Result":
+        """Apply a stored message again (e.g. after a mapping or an order was fixed).
+
+        With ``dry_run`` nothing is written: the result says what would happen (status, ACK,
+        the changes it would make). Duplicates are not re-applied; batches are reprocessed through
+        their messages.
+        """
+        return self._with_retries(msg_id, reprocess=True, dry_run=dry_run)
+
+    def _with_retries(self, msg_id: int, *, reprocess: bool, dry_run: bool) -> "Result":
         for attempt in range(3):
             try:
-                return self._process_once(msg_id)
+                return self._process_once(msg_id, reprocess=reprocess, dry_run=dry_run)
             except (IntegrityError, OperationalError) as exc:
                 # Two connections raced on a new key (e.g. the same new patient): retry once it is there.
                 log.warning("message %s: retrying after %s", msg_id, type(exc).__name__)
                 if attempt == 2:
+                    if dry_run:
+                        raise
                     return self._finish_failed(msg_id, exc)
         raise AssertionError("unreachable")
+
+    def ordering_key(self, event) -> str | None:
+        """MLLP ordering key: the patient (PID-3.1) a frame is about, read without parsing.
+
+        Frames with the same key are applied in arrival order, even from several connections;
+        frames of different patients run in parallel.
+        """
+        payload = event.payload
+        start = payload.find(b"PID", 3)
+        while start > 0 and payload[start - 1] not in (0x0D, 0x0A):
+            start = payload.find(b"PID", start + 3)
+        if start < 0 or len(payload) < 8:
+            return None
+        sep, comp = payload[3:4], payload[4:5]
+        fields = payload[start:payload.find(b"\r", start) if b"\r" in payload[start:] else None].split(sep, 4)
+        if len(fields) < 4:
+            return None
+        key = fields[3].split(comp, 1)[0].strip()
+        return ("patient:" + key.decode("latin-1")) if key else None
 
     # Steps -------------------------------------------------------------------------------
     def _decode(self, raw: bytes):
         return charsets.decode_message(raw, default=self.settings.hl7_default_charset,
                                        mismatch=self.settings.hl7_charset_mismatch)
 
-    def _process_once(self, msg_id: int) -> bytes:
-        with unit_of_work(self.factory) as session:
+    def _process_once(self, msg_id: int, *, reprocess: bool, dry_run: bool) -> "Result":
+        started = time.perf_counter()
+        session = self.factory()
+        try:
             row = session.get(InboundMessage, msg_id)
-            if row.status is not MessageStatus.RECEIVED and row.ack is not None:
-                return row.ack
-            try:
-                decoded = self._decode(row.raw)
-                msg = parse(decoded.text)
-            except (HL7ParseError, charsets.CharsetError) as exc:
-                text = row.raw.decode("latin-1")
-                outcome = ack_for_error(exc)
-                ack = build_reject_for_unparsable(text, outcome.ack_code, outcome.error, app=self.settings.hl7_application,
-                                                  facility=self.settings.hl7_facility, control_id=self._new_id(),
-                                                  now=self._now()).encode("latin-1", "replace")
-                store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=str(exc))
-                log.info("message %s from %s rejected: %s", msg_id, row.peer, exc)
-                return ack
-            row.sender = f"{msg.sending_application}^{msg.sending_facility}"[:255]
-            row.control_id = msg.control_id[:199]
-            row.message_type = message_type(msg)[:32]
-            row.charset = decoded.codec
-            row.profile = self.profile.label
-            original = store.find_original(session, row)
-            if original is not None:
-                store.finish(row, MessageStatus.DUPLICATE, ack=original.ack, ack_code=original.ack_code,
-                             warnings=[f"duplicate of message {original.id}"])
-                row.duplicate_of_fk = original.id
-                return original.ack
+            if row is None:
+                raise KeyError(f"no message {msg_id}")
+            if not reprocess and row.status is not MessageStatus.RECEIVED and row.ack is not None:
+                return Result.of(row)
+            if reprocess and row.status is MessageStatus.DUPLICATE:
+                return Result.of(row)
+            result, batch = self._process_row(session, row, reprocess=reprocess, dry_run=dry_run)
+            if batch is None:
+                if not dry_run:
+                    row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+                    session.commit()
+                return result
+            session.commit()  # the batch's messages are stored: now apply them one by one
+        finally:
+            if dry_run:
+                session.rollback()
+            session.close()
+        return self._process_batch(msg_id, batch, reprocess=reprocess, dry_run=dry_run)
 
-            warnings = list(decoded.warnings)
-            savepoint = session.begin_nested()
-            ctx = self._context(msg, row)
-            try:
-                result = self.mapper.commands(msg, ctx)
-                cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
-                for command in result.commands:
-                    apply_command(session, command, cause, uid_root=self.settings.uid_root,
-                                  accession_prefix=self.profile.accession_prefix)
-                savepoint.commit()
-                warnings += result.warnings
-                outcome = Outcome(MessageStatus.PROCESSED, "AA")
-            except (IntegrityError, OperationalError):
-                savepoint.rollback()
-                raise
-            except Exception as exc:
-                savepoint.rollback()
-                outcome = ack_for_error(exc)
-                if isinstance(exc, DomainError) and exc.location and "." in exc.location:
-                    where = locate(self.profile, exc.location, msg, ctx.origins) or exc.location
-                    outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, location=where))
-                if not isinstance(exc, DomainError):
-                    log.exception("message %s: unexpected failure", msg_id)
-            ack_text = build_ack(msg, outcome.ack_code, errors=[outcome.error] if outcome.error else [],
-                                 app=self.settings.hl7_application, facility=self.settings.hl7_facility,
-                                 control_id=self._new_id(), now=self._now())
-            ack = charsets.encode_text(ack_text, decoded.codec)
-            store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code,
-                         error=outcome.error.text if outcome.error else "", warnings=warnings)
-            log.debug("message %s %s -> %s", msg_id, row.message_type, outcome.ack_code)
-            return ack
+    def _process_row(self, session: Session, row: InboundMessage, *, reprocess: bool, dry_run: bool):
+        """(result, None) for a message; (None, (decoded, [child ids])) for a batch to apply next."""
+        try:
+            decoded = self._decode(row.raw)
+            if is_batch(decoded.text):
+                return None, (decoded, self._store_batch(session, row, decoded))
+            msg = parse(decoded.text)
+        except (HL7ParseError, charsets.CharsetError) as exc:
+            outcome = ack_for_error(exc)
+            ack = self._reject(row.raw.decode("latin-1"), outcome)
+            if not dry_run:
+                store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=str(exc))
+            log.info("message %s from %s rejected: %s", row.id, row.peer, exc)
+            return Result(ack, outcome.status, outcome.ack_code, str(exc)), None
+
+        row.sender = f"{msg.sending_application}^{msg.sending_facility}"[:255]
+        row.control_id = msg.control_id[:199]
+        row.message_type = message_type(msg)[:32]
+        row.charset = decoded.codec
+        row.profile = self.profile.label
+        if not reprocess:
+            window = dt.timedelta(days=self.settings.hl7_dedup_window_days)
+            original = store.find_original(session, row, since=row.received_at - window)
+            if original is not None:
+                if not dry_run:
+                    store.finish(row, MessageStatus.DUPLICATE, ack=original.ack, ack_code=original.ack_code,
+                                 warnings=[f"duplicate of message {original.id}"])
+                    row.duplicate_of_fk = original.id
+                return Result(original.ack, MessageStatus.DUPLICATE, original.ack_code), None
+
+        warnings = list(decoded.warnings)
+        ctx = self._context(msg, row)
+        savepoint = session.begin_nested()
+        recorder = ChangeRecorder(session)
+        try:
+            result = self.mapper.commands(msg, ctx)
+            cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
+            for command in result.commands:
+                changed = apply_command(session, command, cause, uid_root=self.settings.uid_root,
+                                        accession_prefix=self.profile.accession_prefix)
+                self._remember_keys(row, changed)
+            session.flush()
+            warnings += result.warnings
+            outcome = Outcome(MessageStatus.PROCESSED, "AA")
+        except (IntegrityError, OperationalError):
+            recorder.close()
+            savepoint.rollback()
+            raise
+        except Exception as exc:
+            outcome = ack_for_error(exc)
+            if isinstance(exc, DomainError) and exc.location and "." in exc.location:
+                where = locate(self.profile, exc.location, msg, ctx.origins) or exc.location
+                outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, location=where))
+            if not isinstance(exc, DomainError):
+                log.exception("message %s: unexpected failure", row.id)
+        changes = recorder.close()
+        if dry_run or outcome.status is not MessageStatus.PROCESSED:
+            savepoint.rollback()
+        else:
+            savepoint.commit()
+        ack_text = build_ack(msg, outcome.ack_code, errors=[outcome.error] if outcome.error else [],
+                             app=self.settings.hl7_application, facility=self.settings.hl7_facility,
+                             control_id=self._new_id(), now=self._now())
+        ack = charsets.encode_text(ack_text, decoded.codec)
+        error = outcome.error.text if outcome.error else ""
+        if not dry_run:
+            store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=error, warnings=warnings,
+                         changes=changes if outcome.status is MessageStatus.PROCESSED else [])
+        log.debug("message %s %s -> %s", row.id, row.message_type, outcome.ack_code)
+        return Result(ack, outcome.status, outcome.ack_code, error, tuple(warnings),
+                      changes if outcome.status is MessageStatus.PROCESSED else []), None
+
+    @staticmethod
+    def _remember_keys(row: InboundMessage, changed) -> None:
+        """Index the message by the patient and accession it changed (for the message search)."""
+        patient = getattr(changed, "patient", changed)
+        if getattr(patient, "patient_id", None) and not row.patient_key:
+            row.patient_key = patient.patient_id[:64]
+        if getattr(changed, "accession_number", None) and not row.accession_number:
+            row.accession_number = changed.accession_number[:16]
+
+    def _store_batch(self, session: Session, row: InboundMessage, decoded) -> list[int]:
+        """Store each message of a batch (HL7 v2.5.1 2.10.3) as its own message, once."""
+        row.message_type = "BATCH"
+        row.charset = decoded.codec
+        existing = store.batch_children(session, row)
+        if existing:
+            return [child.id for child in existing]
+        ids = []
+        for text in split_messages(decoded.text):
+            child = store.store_received(session, charsets.encode_text(text, decoded.codec), transport="batch",
+                                         peer=row.peer, received_at=row.received_at)
+            child.batch_fk = row.id
+            ids.append(child.id)
+        return ids
+
+    def _process_batch(self, msg_id: int, batch, *, reprocess: bool, dry_run: bool) -> "Result":
+        """Apply every message of the batch in order; the answer is a batch of their ACKs."""
+        decoded, child_ids = batch
+        results = [self._with_retries(cid, reprocess=reprocess, dry_run=dry_run) for cid in child_ids]
+        ack = charsets.encode_text(self._batch_ack(decoded, results), decoded.codec)
+        worst = "AA" if all(r.ack_code in ("AA", "CA") for r in results) else "AE"
+        status = MessageStatus.PROCESSED if worst == "AA" else MessageStatus.ERROR
+        if not dry_run:
+            with unit_of_work(self.factory) as session:
+                row = session.get(InboundMessage, msg_id)
+                store.finish(row, status, ack=ack, ack_code=worst,
+                             error="" if worst == "AA" else "a message of the batch was not applied")
+        return Result(ack, status, worst, "", (), [c for r in results for c in r.changes])
+
+    def _batch_ack(self, decoded, results: list["Result"]) -> str:
+        """BHS ... one ACK per message ... BTS (wrapped in FHS/FTS when the batch came in a file)."""
+        header = decoded.text.lstrip(" \t\r\n\x00\x0b\x1c\ufeff")
+        sep = header[3] if len(header) > 3 else "|"
+        fields = header.split("\r", 1)[0].split("\n", 1)[0].split(sep)
+        encoding = fields[1] if len(fields) > 1 else "^~\\&"
+        their_app, their_fac = (fields[2] if len(fields) > 2 else ""), (fields[3] if len(fields) > 3 else "")
+        reference = fields[10] if len(fields) > 10 else ""
+        now = timestamps.format_dtm(self._now().replace(microsecond=0))
+        head = sep.join(["", encoding, self.settings.hl7_application, self.settings.hl7_facility, their_app,
+                         their_fac, now, "", "", "", self._new_id(), reference])
+        acks = "".join(r.ack.decode(decoded.codec, errors="replace") for r in results)
+        lines = [f"BHS{head}", acks.rstrip("\r"), f"BTS{sep}{len(results)}"]
+        if header.startswith("FHS"):
+            lines = [f"FHS{head}", *lines, f"FTS{sep}1"]
+        return "\r".join(lines) + "\r"
 
     def _context(self, msg: Message, row: InboundMessage) -> Context:
         message_tz = None
@@ -195,14 +349,14 @@ class HL7Intake:
         return Context(received_at=received, site_tz=self.site_tz, message_tz=message_tz,
                        parse_dtm=timestamps.parse_dtm, parse_date=timestamps.parse_date)
 
-    def _finish_failed(self, msg_id: int, exc: Exception) -> bytes:
+    def _finish_failed(self, msg_id: int, exc: Exception) -> "Result":
         log.error("message %s failed after retries: %s", msg_id, exc)
         with unit_of_work(self.factory) as session:
             row = session.get(InboundMessage, msg_id)
             outcome = Outcome(MessageStatus.ERROR, "AE", ErrorDetail("206", f"database busy: {type(exc).__name__}"))
             ack = self._ack_or_reject(row.raw, outcome)
             store.finish(row, outcome.status, ack=ack, ack_code="AE", error=str(exc)[:4000])
-            return ack
+            return Result(ack, outcome.status, "AE", str(exc)[:4000])
 
     def reject_oversize(self, head: bytes, size: int, peer: str) -> bytes:
         """A frame larger than RIS_HL7_MAX_MESSAGE_SIZE: its head is kept, the answer is AR."""
@@ -232,10 +386,14 @@ class HL7Intake:
                              facility=self.settings.hl7_facility, control_id=self._new_id(), now=self._now())
             return charsets.encode_text(text, decoded.codec)
         except Exception:
-            text = build_reject_for_unparsable(raw.decode("latin-1"), outcome.ack_code, outcome.error,
-                                               app=self.settings.hl7_application, facility=self.settings.hl7_facility,
-                                               control_id=self._new_id(), now=self._now())
-            return text.encode("latin-1", "replace")
+            return self._reject(raw.decode("latin-1"), outcome)
+
+    def _reject(self, text: str, outcome: Outcome) -> bytes:
+        """The ACK for a message that cannot be tokenized, built from what its header shows."""
+        ack = build_reject_for_unparsable(text, outcome.ack_code, outcome.error, app=self.settings.hl7_application,
+                                          facility=self.settings.hl7_facility, control_id=self._new_id(),
+                                          now=self._now())
+        return ack.encode("latin-1", "replace")
 
     def _new_id(self) -> str:
         """Control id of our ACKs: unique per process start and message (MSH-10, ST 20)."""

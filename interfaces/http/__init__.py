@@ -9,13 +9,15 @@ from interfaces.http.api import api
 from interfaces.http.problems import register_problem_handlers
 
 
-def create_app(settings, session_factory, read_factory, *, blueprints=()) -> Flask:
-    """Build the web application. ``settings`` and the session factories are passed in, so tests
-    give their own (Flask tutorial's factory pattern)."""
+def create_app(settings, session_factory, read_factory, *, blueprints=(), services=None) -> Flask:
+    """Build the web application. ``settings``, the session factories and the services of other
+    adapters (``services``: e.g. ``reprocess_message``) are passed in, so tests give their own
+    (Flask tutorial's factory pattern)."""
     app = Flask("ris")
     app.config["RIS_SETTINGS"] = settings
     app.extensions["ris.sessions"] = session_factory
     app.extensions["ris.read_sessions"] = read_factory
+    app.extensions["ris.services"] = dict(services or {})
     app.json.sort_keys = False
     register_problem_handlers(app)
     app.register_blueprint(api)

@@ -83,8 +83,10 @@ class MLLPServer:
         ssl_context: ssl.SSLContext | None = None,
         name: str = "mllp",
         tls_handshake_timeout: float = 30.0,
+        ordering_key: Callable[[FrameEvent], str | None] | None = None,
     ) -> None:
         self.handler = handler
+        self.ordering_key = ordering_key
         self.host = host
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
@@ -106,6 +108,7 @@ class MLLPServer:
         self._conns: set[_Connection] = set()  # open connections (counted against max_connections)
         self._tasks: dict[asyncio.Task, _Connection] = {}  # connection tasks until they end, closing included
         self._executor: ThreadPoolExecutor | None = None
+        self._key_locks: dict[str, list] = {}  # ordering key -> [asyncio.Lock, users]
 
     # -- control, from any thread ----------------------------------------------------------------------------------
 
@@ -271,10 +274,21 @@ class MLLPServer:
             log.warning("%s: %s sent a %d-byte message (max_message_size %d)",
                         self.name, conn.peer, event.size, self.max_message_size)
         conn.busy = True
+        key = self._key_of(event)
+        entry = None
+        if key is not None:
+            entry = self._key_locks.setdefault(key, [asyncio.Lock(), 0])
+            entry[1] += 1
         try:
             loop = asyncio.get_running_loop()
             try:
-                reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
+                if entry is None:
+                    reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
+                else:
+                    # asyncio.Lock wakes its waiters first come, first served: frames with the same key
+                    # (e.g. one patient's messages on several connections) are handled in arrival order.
+                    async with entry[0]:
+                        reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
             except Exception:
                 self.stats.handler_errors += 1
                 log.exception("%s: handler failed on a message from %s; no reply sent", self.name, conn.peer)
@@ -284,6 +298,19 @@ class MLLPServer:
                 await conn.writer.drain()
         finally:
             conn.busy = False
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._key_locks[key]
+
+    def _key_of(self, event: FrameEvent) -> str | None:
+        if self.ordering_key is None:
+            return None
+        try:
+            return self.ordering_key(event)
+        except Exception:
+            log.exception("%s: ordering_key failed; the frame is handled without ordering", self.name)
+            return None
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

@@ -15,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from app.db import unit_of_work
 from app.models import utcnow
-from app.services.messages import unfinished
+from app.services.messages import prune, unfinished
 
 log = logging.getLogger("interfaces.scheduler")
 
@@ -30,8 +30,22 @@ def recover_unfinished_messages(session_factory, intake, *, older_than_s: float 
     return len(ids)
 
 
-def make_scheduler(session_factory, intake) -> BackgroundScheduler:
+def prune_messages(session_factory, retention_days: float) -> int:
+    """Delete answered messages older than the retention period (ERROR messages are kept)."""
+    if retention_days <= 0:
+        return 0
+    with unit_of_work(session_factory) as session:
+        count = prune(session, utcnow() - dt.timedelta(days=retention_days))
+    if count:
+        log.info("pruned %d messages older than %s days", count, retention_days)
+    return count
+
+
+def make_scheduler(settings, session_factory, intake) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+    now = dt.datetime.now(dt.timezone.utc)
     scheduler.add_job(recover_unfinished_messages, "interval", seconds=60, args=(session_factory, intake),
-                      id="recover_unfinished_messages", next_run_time=dt.datetime.now(dt.timezone.utc))
+                      id="recover_unfinished_messages", next_run_time=now)
+    scheduler.add_job(prune_messages, "interval", hours=24, args=(session_factory, settings.message_retention_days),
+                      id="prune_messages", next_run_time=now + dt.timedelta(minutes=5))
     return scheduler

@@ -88,3 +88,45 @@ def test_unknown_fhir_resource_is_an_operation_outcome(client):
     assert response.status_code == 404 and response.mimetype == "application/fhir+json"
     assert response.json["resourceType"] == "OperationOutcome"
     assert response.json["issue"][0]["code"] == "not-supported"
+
+
+CANCEL_UNKNOWN = ORDER.replace(b"ORC|NW|", b"ORC|CA|").replace(b"|API-1|", b"|API-2|")
+
+
+def test_reprocess_after_the_cause_is_fixed_with_dry_run_first(client, intake):
+    assert b"MSA|AE|API-2" in intake.handle(CANCEL_UNKNOWN)  # cancel before the order exists
+    [failed] = client.get("/api/messages?status=ERROR").json["messages"]
+    intake.handle(ORDER)  # now the order exists
+    dry = client.post(f"/api/messages/{failed['id']}/reprocess?dry_run=true").json
+    assert (dry["dry_run"], dry["status"], dry["ack_code"]) == (True, "PROCESSED", "AA")
+    assert any(c["entity"] == "orders" and c["changes"]["status"] == ["SCHEDULED", "CANCELLED"]
+               for c in dry["changes"])
+    assert client.get("/api/orders?accession=API-ACC").json["orders"][0]["status"] == "SCHEDULED"
+    assert client.get(f"/api/messages/{failed['id']}").json["status"] == "ERROR"
+    real = client.post(f"/api/messages/{failed['id']}/reprocess").json
+    assert (real["status"], real["ack_code"]) == ("PROCESSED", "AA")
+    assert client.get("/api/orders?accession=API-ACC").json["orders"][0]["status"] == "CANCELLED"
+    shown = client.get(f"/api/messages/{failed['id']}").json
+    assert (shown["status"], shown["attempts"]) == ("PROCESSED", 2)
+
+
+def test_reprocess_a_filtered_set(client, intake):
+    intake.handle(CANCEL_UNKNOWN)
+    intake.handle(ORDER)
+    body = client.post("/api/messages/reprocess", json={"status": "ERROR", "dry_run": True}).json
+    assert body["count"] == 1 and body["results"][0]["ack_code"] == "AA"
+    assert client.post("/api/messages/reprocess", json={}).status_code == 400
+    assert client.post("/api/messages/reprocess", data="x").status_code == 400
+
+
+def test_message_search_by_patient_accession_and_time(client, intake):
+    intake.handle(ORDER)
+    [msg] = client.get("/api/messages?patient_id=API-PAT").json["messages"]
+    assert msg["accession_number"] == "API-ACC"
+    assert client.get("/api/messages?accession=API-ACC").json["count"] == 1
+    assert client.get("/api/messages?since=2000-01-01T00:00:00Z").json["count"] == 1
+    assert client.get("/api/messages?until=2000-01-01").json["count"] == 0
+    assert client.get("/api/messages?since=yesterday").status_code == 400
+    full = client.get(f"/api/messages/{msg['id']}").json
+    created = {c["entity"] for c in full["changes"] if c["action"] == "created"}
+    assert {"patients", "orders", "requested_procedures", "procedure_steps"} <= created

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:10:14.021213
+Create Date: 2026-12-03 20:13:00.039954
 """
 from alembic import op
 import sqlalchemy as sa
@@ -34,12 +34,22 @@ def upgrade() -> None:
     sa.Column('warnings', sa.Text(), nullable=False),
     sa.Column('profile', sa.String(length=128), nullable=False),
     sa.Column('duplicate_of_fk', sa.Integer(), nullable=True),
+    sa.Column('batch_fk', sa.Integer(), nullable=True),
+    sa.Column('patient_key', sa.String(length=64), nullable=False),
+    sa.Column('accession_number', sa.String(length=16), nullable=False),
+    sa.Column('changes', sa.JSON(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('processed_at', sa.DateTime(), nullable=True),
-    sa.ForeignKeyConstraint(['duplicate_of_fk'], ['inbound_messages.id'], ),
+    sa.Column('duration_ms', sa.Float(), nullable=True),
+    sa.ForeignKeyConstraint(['batch_fk'], ['inbound_messages.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['duplicate_of_fk'], ['inbound_messages.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.create_index('ix_inbound_dedup', ['sender', 'control_id', 'digest'], unique=False)
+        batch_op.create_index(batch_op.f('ix_inbound_messages_accession_number'), ['accession_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_inbound_messages_batch_fk'), ['batch_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_inbound_messages_patient_key'), ['patient_key'], unique=False)
         batch_op.create_index('ix_inbound_status', ['status', 'received_at'], unique=False)
 
     op.create_table('patients',
@@ -76,7 +86,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
-    sa.ForeignKeyConstraint(['source_message_fk'], ['inbound_messages.id'], ),
+    sa.ForeignKeyConstraint(['source_message_fk'], ['inbound_messages.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('orders', schema=None) as batch_op:
@@ -285,6 +295,9 @@ def downgrade() -> None:
     op.drop_table('patients')
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.drop_index('ix_inbound_status')
+        batch_op.drop_index(batch_op.f('ix_inbound_messages_patient_key'))
+        batch_op.drop_index(batch_op.f('ix_inbound_messages_batch_fk'))
+        batch_op.drop_index(batch_op.f('ix_inbound_messages_accession_number'))
         batch_op.drop_index('ix_inbound_dedup')
 
     op.drop_table('inbound_messages')
