@@ -213,3 +213,38 @@ class HoldOrder:
 
     ref: OrderRef
     release: bool = False
+
+
+@dataclass(frozen=True)
+class AppointmentData:
+    placer_appointment_id: str = ""
+    filler_appointment_id: str = ""
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    start: dt.datetime | None = None
+    duration_minutes: float | None = None
+    resource: str = ""
+    location: str = ""
+
+
+APPOINTMENT_EVENTS = ("book", "modify", "cancel", "noshow")
+
+
+@dataclass(frozen=True)
+class RecordAppointment:
+    """SIU S12 book, S13/S14 modify, S15/S16/S17 cancel, S26 no-show; ``event`` in APPOINTMENT_EVENTS."""
+
+    patient: PatientData | None
+    appointment: AppointmentData
+    event: str
+
+
+@dataclass(frozen=True)
+class RecordReport:
+    """A report (ORU^R01) for the order it names; kept even when the order is unknown here."""
+
+    ref: OrderRef
+    status: str = ""
+    text: str = ""
+    study_instance_uid: str = ""
+    observed_at: dt.datetime | None = None

@@ -358,3 +358,53 @@ class InboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     processed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     duration_ms: Mapped[Optional[float]] = mapped_column(Float)
+
+
+# Appointments and reports --------------------------------------------------------------------
+class AppointmentStatus(str, enum.Enum):
+    BOOKED = "BOOKED"
+    CANCELLED = "CANCELLED"
+    NOSHOW = "NOSHOW"
+
+
+class Appointment(Base):
+    """A booked slot for an order (HL7 v2.5.1 chapter 10, SIU S12-S26)."""
+
+    __tablename__ = "appointments"
+    __table_args__ = (Index("ix_appointments_ids", "filler_appointment_id", "placer_appointment_id"),)
+
+    id: Mapped[intpk]
+    order_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("orders.id"), index=True)
+    patient_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("patients.id"), index=True)
+    placer_appointment_id: Mapped[ident]
+    filler_appointment_id: Mapped[ident]
+    placer_order_number: Mapped[ident]
+    start: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    duration_minutes: Mapped[Optional[float]] = mapped_column(Float)
+    resource: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    location: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    status: Mapped[AppointmentStatus] = mapped_column(_enum(AppointmentStatus), nullable=False,
+                                                      default=AppointmentStatus.BOOKED)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    order: Mapped[Optional[Order]] = relationship()
+
+
+class Report(Base):
+    """A result report for an order, as ORU^R01 carries it (HL7 v2.5.1 chapter 7, OBR + OBX)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[intpk]
+    order_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("orders.id"), index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), nullable=False, default="", index=True)
+    placer_order_number: Mapped[ident]
+    filler_order_number: Mapped[ident]
+    study_instance_uid: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    text: Mapped[text]
+    observed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    created_at: Mapped[created]
+
+    order: Mapped[Optional[Order]] = relationship()

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.commands import (CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef, PatientData,
-                          PatientRef, PlaceOrder, ProcedureData, RecordVisit, RegisterPatient, StepData, UpdateOrder,
-                          VisitData)
-from mappings.profile import VISIT_ACTIONS
+from app.commands import (AppointmentData, CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef,
+                          PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
+                          RecordVisit, RegisterPatient, StepData, UpdateOrder, VisitData)
+from mappings.profile import APPOINTMENT_ACTIONS, VISIT_ACTIONS
+
+# Report text: the OBX value types that hold text (HL7 table 0125), and the DICOM code of the
+# OBX that carries the Study Instance UID (IHE RAD TF-2 "DICOM Study" 113014^DCM).
+TEXT_VALUE_TYPES = {"TX", "FT"}  # ST carries identifiers (UIDs) in IHE reports
+STUDY_UID_CODE = "113014"
+_MINUTES = {"S": 1 / 60, "SEC": 1 / 60, "M": 1.0, "MIN": 1.0, "H": 60.0, "HR": 60.0, "D": 1440.0}
 from app.errors import InvalidInput, Unsupported
 from mappings.profile import FieldSpec, Profile
 from mappings.transforms import HL7_NULL, TRANSFORMS, Context
@@ -34,6 +40,19 @@ class MappingResult:
 
 def _count(msg, segment: str) -> int:
     return len(msg.all(segment))
+
+
+def _group_occurrences(msg, segment: str, k: int) -> list[int]:
+    """Occurrence numbers of ``segment`` between the k-th OBR and the next one."""
+    group, seen, found = 0, 0, []
+    for seg in msg.segments:
+        if seg.name == "OBR":
+            group += 1
+        elif seg.name == segment:
+            seen += 1
+            if group == k:
+                found.append(seen)
+    return found
 
 
 def message_type(msg) -> str:
@@ -62,12 +81,15 @@ class Mapper:
         self.profile = profile
 
     # Reading values ----------------------------------------------------------------------
-    def read(self, key: str, msg, ctx: Context, k: int = 1):
-        """The domain value ``key`` for the k-th order group, or None when no source has one."""
+    def read(self, key: str, msg, ctx: Context, k: int = 1, at: dict[str, int] | None = None):
+        """The domain value ``key`` for the k-th order group, or None when no source has one.
+
+        ``at`` pins the occurrence of some segments (e.g. {"IPC": 2}: the second IPC).
+        """
         spec = self.profile.spec(key)
         if spec is None:
             return None
-        value, origin = self._first(spec, msg, ctx, k)
+        value, origin = self._first(spec, msg, ctx, k, at or {})
         if origin is not None:
             ctx.origins.setdefault(key, origin)
         if value is None and spec.otherwise == "received":
@@ -77,11 +99,11 @@ class Mapper:
             raise InvalidInput(f"{key} missing: none of {paths} has a value", location=key, missing=True)
         return value
 
-    def _first(self, spec: FieldSpec, msg, ctx: Context, k: int):
+    def _first(self, spec: FieldSpec, msg, ctx: Context, k: int, at: dict[str, int]):
         kind, fn = TRANSFORMS[spec.transform]
         for source in spec.sources:
             p = source.path
-            occ = k if _count(msg, p.segment) >= k else 1
+            occ = at.get(p.segment) or (k if _count(msg, p.segment) >= k else 1)
             if p.rep is None:
                 values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
                 values = [v for v in values if v and v != HL7_NULL]
@@ -106,8 +128,8 @@ class Mapper:
                 return value, p.location
         return None, None
 
-    def text(self, key: str, msg, ctx: Context, k: int = 1) -> str:
-        value = self.read(key, msg, ctx, k)
+    def text(self, key: str, msg, ctx: Context, k: int = 1, at: dict[str, int] | None = None) -> str:
+        value = self.read(key, msg, ctx, k, at)
         if value is None or value == HL7_NULL:
             return ""
         return value if isinstance(value, str) else str(value)
@@ -127,6 +149,12 @@ class Mapper:
             pairs = range(1, max(1, _count(msg, "MRG")) + 1)
             result = MappingResult([MergePatient(self.patient(msg, ctx, k), self.prior(msg, ctx, k)) for k in pairs],
                                    action)
+        elif action in APPOINTMENT_ACTIONS:
+            patient = self.patient(msg, ctx) if _count(msg, "PID") else None
+            result = MappingResult([RecordAppointment(patient, self.appointment(msg, ctx), APPOINTMENT_ACTIONS[action])],
+                                   action)
+        elif action == "report":
+            result = MappingResult([self.report(msg, ctx)], action)
         elif action == "change_patient_id":
             result = MappingResult([ChangePatientId(self.patient(msg, ctx), self.prior(msg, ctx))], action)
         else:
@@ -160,6 +188,40 @@ class Mapper:
             admitted_at=self.read("visit.admitted_at", msg, ctx),
             discharged_at=self.read("visit.discharged_at", msg, ctx),
         )
+
+    def appointment(self, msg, ctx: Context) -> AppointmentData:
+        raw_duration = self.text("appointment.duration", msg, ctx)
+        units = self.text("appointment.duration_units", msg, ctx).upper() or "M"
+        try:
+            duration = float(raw_duration) * _MINUTES.get(units, 1.0) if raw_duration else None
+        except ValueError:
+            ctx.warnings.append(f"appointment duration {raw_duration!r} is not a number: ignored")
+            duration = None
+        return AppointmentData(
+            placer_appointment_id=self.text("appointment.placer_id", msg, ctx),
+            filler_appointment_id=self.text("appointment.filler_id", msg, ctx),
+            placer_order_number=self.text("appointment.placer_order_number", msg, ctx),
+            filler_order_number=self.text("appointment.filler_order_number", msg, ctx),
+            start=self.read("appointment.start", msg, ctx),
+            duration_minutes=duration,
+            resource=self.text("appointment.resource", msg, ctx),
+            location=self.text("appointment.location", msg, ctx),
+        )
+
+    def report(self, msg, ctx: Context) -> RecordReport:
+        """The report of an ORU^R01: its text is every text-valued OBX-5, in order; the Study
+        Instance UID comes from the OBX coded 113014 (DICOM Study)."""
+        lines, study_uid = [], ""
+        for k in range(1, _count(msg, "OBX") + 1):
+            value_type = msg.value("OBX", 2, occurrence=k).strip().upper()
+            code = msg.value("OBX", 3, occurrence=k).strip()
+            if code == STUDY_UID_CODE and not study_uid:
+                study_uid = msg.value("OBX", 5, occurrence=k).strip()
+            elif value_type in TEXT_VALUE_TYPES:
+                lines.extend(v for v in msg.values("OBX", 5, occurrence=k) if v.strip())
+        return RecordReport(ref=self.order_ref(msg, ctx), status=self.text("report.status", msg, ctx),
+                            text="\n".join(lines), study_instance_uid=study_uid,
+                            observed_at=self.read("report.observed_at", msg, ctx))
 
     def order_ref(self, msg, ctx: Context) -> OrderRef:
         return OrderRef(
@@ -204,17 +266,23 @@ class Mapper:
         cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
         return MappingResult([cmd], action)
 
-    def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
-        aets = self.read("step.station_aets", msg, ctx, k)
-        step = StepData(
-            sps_id=self.text("step.sps_id", msg, ctx, k),
-            modality=self.text("step.modality", msg, ctx, k),
-            scheduled_start=self.read("step.scheduled_start", msg, ctx, k),
+    def step(self, msg, ctx: Context, k: int, at: dict[str, int]) -> StepData:
+        aets = self.read("step.station_aets", msg, ctx, k, at)
+        return StepData(
+            sps_id=self.text("step.sps_id", msg, ctx, k, at),
+            modality=self.text("step.modality", msg, ctx, k, at),
+            scheduled_start=self.read("step.scheduled_start", msg, ctx, k, at),
             station_aets=tuple(aets) if isinstance(aets, tuple) else ((aets,) if aets else ()),
-            station_name=self.text("step.station_name", msg, ctx, k),
-            description=self.text("step.description", msg, ctx, k),
-            performing_physician=self.text("step.performing_physician", msg, ctx, k),
+            station_name=self.text("step.station_name", msg, ctx, k, at),
+            description=self.text("step.description", msg, ctx, k, at),
+            performing_physician=self.text("step.performing_physician", msg, ctx, k, at),
         )
+
+    def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
+        """The k-th OBR's requested procedure; one step per IPC segment of its group (OMI^O23,
+        HL7 v2.5.1 4.4.10), else one step."""
+        ipcs = _group_occurrences(msg, "IPC", k)
+        steps = tuple(self.step(msg, ctx, k, {"IPC": j}) for j in ipcs) or (self.step(msg, ctx, k, {}),)
         return ProcedureData(
             requested_procedure_id=self.text("procedure.requested_procedure_id", msg, ctx, k),
             study_instance_uid=self.text("procedure.study_instance_uid", msg, ctx, k),
@@ -223,5 +291,5 @@ class Mapper:
             code_meaning=self.text("procedure.code_meaning", msg, ctx, k),
             description=self.text("procedure.description", msg, ctx, k),
             priority=self.text("procedure.priority", msg, ctx, k),
-            steps=(step,),
+            steps=steps,
         )

@@ -20,7 +20,10 @@ from mappings.transforms import TRANSFORMS
 
 VISIT_ACTIONS = {"admit", "register", "preadmit", "transfer", "discharge", "update", "change_class", "cancel_admit",
                  "cancel_transfer", "cancel_discharge"}
-ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", *VISIT_ACTIONS}
+APPOINTMENT_ACTIONS = {"book_appointment": "book", "modify_appointment": "modify", "cancel_appointment": "cancel",
+                       "noshow_appointment": "noshow"}
+ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", "report", *VISIT_ACTIONS,
+           *APPOINTMENT_ACTIONS}
 ORDER_ACTIONS = {"place", "update", "cancel", "discontinue", "hold", "release", "status"}
 STATUS_ACTIONS = {"cancel", "discontinue", "hold"}
 OTHERWISE = {"received"}
@@ -30,6 +33,9 @@ SECTIONS: dict[str, set[str]] = {
     "patient": {"id", "issuer", "name", "birth_date", "sex"},
     "visit": {"number", "patient_class", "location", "prior_location", "admitted_at", "discharged_at"},
     "merge": {"prior_id", "prior_issuer"},
+    "appointment": {"placer_id", "filler_id", "placer_order_number", "filler_order_number", "start", "duration",
+                    "duration_units", "resource", "location"},
+    "report": {"status", "observed_at"},
     "order": {"control", "status", "placer_order_number", "placer_issuer", "filler_order_number", "accession_number",
               "priority", "referring_physician", "requesting_physician", "reason"},
     "procedure": {"requested_procedure_id", "study_instance_uid", "code_value", "code_meaning", "code_scheme",

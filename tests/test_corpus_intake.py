@@ -30,6 +30,8 @@ EXPECTED_ACK = {
     "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AR",  # ORC-1 CR unsupported
     "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # OD honoured, but the order is unknown
     "adt_a47_v251_dcm4che_change_patient_id.hl7": "AE",        # the prior identifier is unknown here
+    # JJ1017 codes only, no modality field: needs a code table in the site's profile
+    "omg_o19_v25_ssmix2_iso2022jp_xray_4_child_orders.hl7": "AE",
     "orm_o01_v231_openmrs_ca_cancel.hl7": "AE",                # cancel of an unknown order
     "orm_o01_v231_openmrs_xo_change.hl7": "AE",                # change of an unknown order
     "orm_o01_v23_nhapi_ca_italian_xray.hl7": "AE",             # cancel of an unknown order
@@ -38,11 +40,11 @@ EXPECTED_ACK = {
     "orm_o01_v24_screenit_xo_sc_mammo_lf.hl7": "AE",           # XO of an unknown order
 }
 # Message types this issue does not handle yet are refused with AR (never a silent AA).
-NOT_YET = ("ADT^A24", "OMG^O19", "ORU^R01", "SIU^S12")
+NOT_YET = ("ADT^A24",)  # A24 (link patients) is not handled
 # Batches: each message is applied and answered; the answer is a batch of ACKs (HL7 v2.5.1 2.10.3).
 BATCHES = {"batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7": ["AE"],      # XO of an unknown order
            "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7": ["AA"],
-           "siu_batch_s12_s14_s15_v23_mirth_no_bhs.hl7": ["AR", "AR", "AR"]}  # SIU not handled yet
+           "siu_batch_s12_s14_s15_v23_mirth_no_bhs.hl7": ["AA", "AA", "AA"]}
 
 
 @pytest.fixture
@@ -264,3 +266,42 @@ def test_a34_trigger_from_msh9_not_evn(intake, session_factory):
     with unit_of_work(session_factory) as session:
         old = session.scalars(select(Patient).where(Patient.patient_id == "456")).one()
         assert old.merged_into is not None and old.merged_into.patient_id == "123"
+
+
+@pytest.mark.corpus
+def test_siu_book_modify_cancel(intake, session_factory):
+    from app.models import Appointment, AppointmentStatus
+
+    assert [m[1] for m in msas(intake.handle(corpus_path("hl7", "siu_batch_s12_s14_s15_v23_mirth_no_bhs.hl7")
+                                             .read_bytes()))] == ["AA", "AA", "AA"]
+    with unit_of_work(session_factory) as session:
+        appointment = session.scalars(select(Appointment)).one()
+        assert (appointment.filler_appointment_id, appointment.status) == ("2196178", AppointmentStatus.CANCELLED)
+        assert appointment.start == dt.datetime(2011, 6, 17, 8, 45)
+        assert appointment.location == "OFFICE"
+
+
+@pytest.mark.corpus
+def test_siu_without_sch_uses_ais_and_hex_escapes(intake, session_factory):
+    from app.models import Appointment
+
+    assert run_hl7(intake, "hl7/siu_s12_v251_dcm4che_hex_escape_ais.hl7") == ["AA"]
+    with unit_of_work(session_factory) as session:
+        appointment = session.scalars(select(Appointment)).one()
+        assert appointment.resource == "SEPTOPLASTIA (OPERAÇÃO ISOLADA)"
+        assert (appointment.start, appointment.duration_minutes) == (dt.datetime(2020, 10, 23, 8, 30), 60.0)
+        assert appointment.placer_order_number == "-38521669"
+
+
+@pytest.mark.corpus
+def test_oru_report_is_kept_for_its_order(intake, session_factory):
+    from app.models import Report
+
+    assert run_hl7(intake, "hl7/oru_r01_v251_dcm4che_sr_report.hl7") == ["AA"]
+    with unit_of_work(session_factory) as session:
+        report = session.scalars(select(Report)).one()
+        assert report.accession_number == "AccessionNumber"
+        assert report.study_instance_uid == "1.2.392.200036.9125.0.198811291108.7"
+        assert report.text.startswith("The right kidney is slightly enlarged")
+        assert report.order is None  # no such order here: kept unlinked
+    assert not item_for(session_factory)  # a report never makes a worklist item

@@ -175,9 +175,9 @@ def test_hl7_null_clears_a_value(intake, session_factory):
 
 
 def test_unsupported_message_type_is_ar(intake, session_factory):
-    ack = segments(intake.handle(hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ORU^R01|U1|P|2.5.1", "PID|||X")))
+    ack = segments(intake.handle(hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||MFN^M02|U1|P|2.5.1", "MFI|PRA")))
     assert ack["MSA"][1:3] == ["AR", "U1"]
-    assert ack["MSH"][8] == "ACK^R01^ACK"
+    assert ack["MSH"][8] == "ACK^M02^ACK"
     assert ack["ERR"][3].startswith("200^")
     with unit_of_work(session_factory) as session:
         assert session.scalars(select(InboundMessage)).one().status is MessageStatus.REJECTED
@@ -374,3 +374,16 @@ def test_retention_prunes_answered_messages_but_keeps_errors(intake, session_fac
         assert [m.status for m in left] == [MessageStatus.ERROR]
         assert session.scalars(select(Order)).one().source_message_fk is None
     assert prune_messages(session_factory, 0) == 0
+
+
+def test_omi_with_two_ipc_gives_two_steps(intake, read_factory):
+    omi = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||OMI^O23^OMI_O23|I1|P|2.5.1",
+              "PID|||PAT-I^^^HOSP||IPC^IDA", "ORC|NW|PL-I^HIS", "TQ1|1||||||20261204090000",
+              seg("OBR", {1: "1", 2: "PL-I^HIS", 4: "XR^Chest^L"}),
+              seg("IPC", {1: "ACC-I", 2: "RP-I", 3: "1.2.3.4.5", 4: "SPS-I1", 5: "CR", 9: "CR_ROOM1"}),
+              seg("IPC", {1: "ACC-I", 2: "RP-I", 3: "1.2.3.4.5", 4: "SPS-I2", 5: "DX", 9: "DX_ROOM1"}))
+    assert segments(intake.handle(omi))["MSA"][1] == "AA"
+    items = worklist(read_factory, accession_number="ACC-I")
+    assert sorted((i.sps_id, i.modality, i.station_aets) for i in items) == [
+        ("SPS-I1", "CR", ("CR_ROOM1",)), ("SPS-I2", "DX", ("DX_ROOM1",))]
+    assert {i.study_instance_uid for i in items} == {"1.2.3.4.5"}

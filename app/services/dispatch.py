@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.commands import (CancelOrder, Cause, ChangePatientId, HoldOrder, MergePatient, PlaceOrder, RecordVisit,
-                          RegisterPatient, UpdateOrder)
+from app.commands import (CancelOrder, Cause, ChangePatientId, HoldOrder, MergePatient, PlaceOrder,
+                          RecordAppointment, RecordReport, RecordVisit, RegisterPatient, UpdateOrder)
+from app.services.appointments import record_appointment
+from app.services.reports import record_report
 from app.services.orders import apply_order_command
 from app.services.patients import change_patient_id, merge_patient, register_patient
 from app.services.visits import record_visit
@@ -15,6 +17,10 @@ def apply_command(session: Session, command, cause: Cause, *, uid_root: str, acc
     if isinstance(command, RegisterPatient):
         patient, _ = register_patient(session, command.patient)
         return patient
+    if isinstance(command, RecordAppointment):
+        return record_appointment(session, command)
+    if isinstance(command, RecordReport):
+        return record_report(session, command)
     if isinstance(command, RecordVisit):
         return record_visit(session, command)
     if isinstance(command, MergePatient):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:13:00.039954
+Create Date: 2026-12-03 20:16:17.742006
 """
 from alembic import op
 import sqlalchemy as sa
@@ -113,6 +113,47 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('visits', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_visits_patient_fk'), ['patient_fk'], unique=False)
+
+    op.create_table('appointments',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_fk', sa.Integer(), nullable=True),
+    sa.Column('patient_fk', sa.Integer(), nullable=True),
+    sa.Column('placer_appointment_id', sa.String(length=64), nullable=False),
+    sa.Column('filler_appointment_id', sa.String(length=64), nullable=False),
+    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
+    sa.Column('start', sa.DateTime(), nullable=True),
+    sa.Column('duration_minutes', sa.Float(), nullable=True),
+    sa.Column('resource', sa.String(length=128), nullable=False),
+    sa.Column('location', sa.String(length=128), nullable=False),
+    sa.Column('status', sa.Enum('BOOKED', 'CANCELLED', 'NOSHOW', name='appointmentstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
+    sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('appointments', schema=None) as batch_op:
+        batch_op.create_index('ix_appointments_ids', ['filler_appointment_id', 'placer_appointment_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_appointments_order_fk'), ['order_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_appointments_patient_fk'), ['patient_fk'], unique=False)
+
+    op.create_table('reports',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_fk', sa.Integer(), nullable=True),
+    sa.Column('accession_number', sa.String(length=16), nullable=False),
+    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
+    sa.Column('filler_order_number', sa.String(length=64), nullable=False),
+    sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('observed_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_reports_accession_number'), ['accession_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_reports_order_fk'), ['order_fk'], unique=False)
 
     op.create_table('requested_procedures',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -278,6 +319,17 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_requested_procedures_order_fk'))
 
     op.drop_table('requested_procedures')
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_reports_order_fk'))
+        batch_op.drop_index(batch_op.f('ix_reports_accession_number'))
+
+    op.drop_table('reports')
+    with op.batch_alter_table('appointments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_appointments_patient_fk'))
+        batch_op.drop_index(batch_op.f('ix_appointments_order_fk'))
+        batch_op.drop_index('ix_appointments_ids')
+
+    op.drop_table('appointments')
     with op.batch_alter_table('visits', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_visits_patient_fk'))
 
