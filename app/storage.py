@@ -7,6 +7,7 @@ loss (the DICOM adapter answers C-STORE success only after that).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -47,7 +48,8 @@ class ArchiveStore:
             _fsync_dir(target.parent)
             return size
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder may not exist at all (a file in the path)
+                tmp.unlink(missing_ok=True)
             raise StorageError(exc.errno, f"cannot write {relative}: {exc.strerror or exc}") from exc
 
     def delete(self, relative: str) -> None:

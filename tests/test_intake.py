@@ -387,3 +387,32 @@ def test_omi_with_two_ipc_gives_two_steps(intake, read_factory):
     assert sorted((i.sps_id, i.modality, i.station_aets) for i in items) == [
         ("SPS-I1", "CR", ("CR_ROOM1",)), ("SPS-I2", "DX", ("DX_ROOM1",))]
     assert {i.study_instance_uid for i in items} == {"1.2.3.4.5"}
+
+
+@pytest.mark.parametrize("accept, application, ok_reply, error_reply", [
+    ("", "", "AA", "AE"),          # original mode
+    ("NE", "AL", "AA", "AE"),      # original mode spelled out
+    ("AL", "NE", "CA", "CA"),      # accept ACK only: the message is stored either way
+    ("AL", "AL", "CA", "CA"),      # both due: the accept ACK answers, the application ACK is recorded
+    ("NE", "NE", None, None),
+    ("NE", "ER", None, "AE"),
+    ("NE", "SU", "AA", None),
+    ("AL", "", "CA", "CA"),        # empty MSH-16 counts as AL, the accept ACK answers
+])
+def test_enhanced_acknowledgment_mode(intake, session_factory, accept, application, ok_reply, error_reply):
+    def with_mode(message: bytes) -> bytes:
+        head, rest = message.split(b"\r", 1)
+        return head + f"|||{accept}|{application}".encode() + b"\r" + rest
+
+    def code(reply):
+        return None if reply is None else segments(reply)["MSA"][1]
+
+    assert code(intake.handle(with_mode(orm("NW", "E1")))) == ok_reply
+    assert code(intake.handle(with_mode(orm("CA", "E2", placer="NOPE")))) == error_reply
+    with unit_of_work(session_factory) as session:
+        assert [m.ack_code for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == ["AA", "AE"]
+
+
+def test_enhanced_mode_refusal_is_cr(intake):
+    msg = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||MFN^M02|R1|P|2.5.1|||AL|NE", "MFI|PRA")
+    assert segments(intake.handle(msg))["MSA"][1:3] == ["CR", "R1"]

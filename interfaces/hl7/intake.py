@@ -64,16 +64,28 @@ class Result:
     error: str = ""
     warnings: tuple[str, ...] = ()
     changes: list = dataclasses.field(default_factory=list)
+    raw: bytes = b""  # the message, to choose the reply by its acknowledgment rules
 
     @classmethod
     def of(cls, row: InboundMessage) -> "Result":
         return cls(row.ack or b"", row.status, row.ack_code, row.error,
-                   tuple(w for w in row.warnings.split("\n") if w), list(row.changes or []))
+                   tuple(w for w in row.warnings.split("\n") if w), list(row.changes or []), row.raw)
 
     def as_dict(self) -> dict:
         return {"status": self.status.value, "ack_code": self.ack_code, "error": self.error,
                 "warnings": list(self.warnings), "changes": self.changes,
                 "ack": self.ack.decode("latin-1").replace("\r", "\n")}
+
+
+def _condition(value: str) -> str:
+    """An acknowledgment condition of table 0155; anything else counts as not given."""
+    value = value.strip().upper()
+    return value if value in ("AL", "NE", "ER", "SU") else ""
+
+
+def _wanted(condition: str, success: bool) -> bool:
+    """HL7 table 0155: AL always, NE never, ER on error or reject, SU on success."""
+    return condition == "AL" or (condition == "ER" and not success) or (condition == "SU" and success)
 
 
 def is_batch(text: str) -> bool:
@@ -120,13 +132,13 @@ class HL7Intake:
         self._prefix = f"{int(time.time()):x}"
 
     # Entry points ------------------------------------------------------------------------
-    def handle_frame(self, event, peer: str) -> bytes:
+    def handle_frame(self, event, peer: str) -> bytes | None:
         """MLLP server handler: one frame in, the ACK out (interfaces.mllp.server contract)."""
         if getattr(event, "oversize", False):
             return self.reject_oversize(event.payload, event.size, peer)
         return self.handle(event.payload, peer=peer)
 
-    def handle(self, raw: bytes, *, peer: str = "", transport: str = "mllp") -> bytes:
+    def handle(self, raw: bytes, *, peer: str = "", transport: str = "mllp") -> bytes | None:
         """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
         try:
             with unit_of_work(self.factory) as session:
@@ -136,9 +148,45 @@ class HL7Intake:
             return self._reject_unstored(raw, exc)
         return self.process(msg_id)
 
-    def process(self, msg_id: int) -> bytes:
-        """Apply the stored message ``msg_id`` (also the recovery path for unfinished messages)."""
-        return self._with_retries(msg_id, reprocess=False, dry_run=False).ack
+    def process(self, msg_id: int) -> bytes | None:
+        """Apply the stored message ``msg_id`` (also the recovery path for unfinished messages);
+        returns the reply for the sender (None when its acknowledgment rules ask for none)."""
+        result = self._with_retries(msg_id, reprocess=False, dry_run=False)
+        return self._answer(result)
+
+    def _answer(self, result: "Result") -> bytes | None:
+        """The reply on the connection, by the acknowledgment rules of HL7 v2.5.1 2.9.
+
+        Original mode (MSH-15 and MSH-16 both empty): the application ACK (AA/AE/AR).
+        Enhanced mode (2.9.3): MSH-15 decides the accept ACK (CA: stored safely, even if applying it
+        failed; CR: refused), MSH-16 the application ACK, each under its condition AL/NE/ER/SU
+        (table 0155; empty MSH-15 counts as NE, empty MSH-16 as AL). When both are due, the accept
+        ACK is the reply: the standard sends application ACKs as messages of their own, which this
+        engine records (the message store keeps it) but does not send back yet.
+        """
+        if not result.raw:
+            return result.ack
+        try:
+            decoded = self._decode(result.raw)
+            if is_batch(decoded.text):
+                return result.ack
+            msg = parse(decoded.text)
+        except (HL7ParseError, charsets.CharsetError):
+            return result.ack
+        accept_type = _condition(msg.value("MSH", 15))
+        app_type = _condition(msg.value("MSH", 16))
+        if not accept_type and not app_type:
+            return result.ack
+        success = result.ack_code in ("AA", "CA")
+        if _wanted(accept_type or "NE", success):
+            code = "CR" if result.ack_code == "AR" else "CA"
+            errors = [] if code == "CA" else [ErrorDetail("207", result.error or "refused", None)]
+            text = build_ack(msg, code, errors=errors, app=self.settings.hl7_application,
+                             facility=self.settings.hl7_facility, control_id=self._new_id(), now=self._now())
+            return charsets.encode_text(text, decoded.codec)
+        if _wanted(app_type or "AL", success):
+            return result.ack
+        return None
 
     def reprocess(self, msg_id: int, *, dry_run: bool = False) -> "Result":
         """Apply a stored message again (e.g. after a mapping or an order was fixed).
@@ -223,7 +271,7 @@ class HL7Intake:
             if not dry_run:
                 store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=str(exc))
             log.info("message %s from %s rejected: %s", row.id, row.peer, exc)
-            return Result(ack, outcome.status, outcome.ack_code, str(exc)), None
+            return Result(ack, outcome.status, outcome.ack_code, str(exc), raw=row.raw), None
 
         row.sender = f"{msg.sending_application}^{msg.sending_facility}"[:255]
         row.control_id = msg.control_id[:199]
@@ -238,7 +286,7 @@ class HL7Intake:
                     store.finish(row, MessageStatus.DUPLICATE, ack=original.ack, ack_code=original.ack_code,
                                  warnings=[f"duplicate of message {original.id}"])
                     row.duplicate_of_fk = original.id
-                return Result(original.ack, MessageStatus.DUPLICATE, original.ack_code), None
+                return Result(original.ack, MessageStatus.DUPLICATE, original.ack_code, raw=row.raw), None
 
         warnings = list(decoded.warnings)
         ctx = self._context(msg, row)
@@ -280,7 +328,7 @@ class HL7Intake:
                          changes=changes if outcome.status is MessageStatus.PROCESSED else [])
         log.debug("message %s %s -> %s", row.id, row.message_type, outcome.ack_code)
         return Result(ack, outcome.status, outcome.ack_code, error, tuple(warnings),
-                      changes if outcome.status is MessageStatus.PROCESSED else []), None
+                      changes if outcome.status is MessageStatus.PROCESSED else [], row.raw), None
 
     @staticmethod
     def _remember_keys(row: InboundMessage, changed) -> None:

@@ -1,0 +1,176 @@
+"""Fixtures of the DICOM tests: a started AE on a free loopback port, orders, DCMTK and pynetdicom peers.
+
+DCMTK is called by absolute path (/usr/bin/...): the virtualenv's pynetdicom puts its own findscu/storescu on
+PATH. Debian's DCMTK tools get TCP_NODELAY=1 in their environment. Every peer call is bounded in time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+
+from app.commands import Cause, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
+from app.db import unit_of_work
+from app.services.dispatch import apply_command
+from app.storage import ArchiveStore
+from interfaces.dicom.server import DicomServer
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+DCMTK = Path("/usr/bin")
+TIMEOUT = 60
+
+
+def corpus_file(*parts: str) -> Path:
+    """A corpus file (referenced in place, never copied); skips the test when the corpus is absent."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus not present at {CORPUS}: corpus test skipped")
+    path = CORPUS.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"corpus file missing: {path}")
+    return path
+
+
+def dcmtk(tool: str) -> str:
+    path = DCMTK / tool
+    if not path.exists():
+        pytest.skip(f"DCMTK {tool} not installed at {path}")
+    return str(path)
+
+
+def run_dcmtk(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run([dcmtk(tool), *args], capture_output=True, text=True, timeout=TIMEOUT, env=env,
+                          cwd=cwd)
+
+
+def dump_to_dataset(dump: Path, out_dir: Path) -> Dataset:
+    """A DCMTK dump file (corpus) made binary with dump2dcm and read back with pydicom."""
+    target = out_dir / (dump.stem + ".dcm")
+    result = run_dcmtk("dump2dcm", str(dump), str(target))
+    assert result.returncode == 0, result.stderr
+    return dcmread(target)
+
+
+def nodelay(event) -> None:
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def scu(*contexts, ae_title: str = "TESTSCU") -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for context in contexts:
+        if isinstance(context, tuple):
+            ae.add_requested_context(*context)
+        else:
+            ae.add_requested_context(context)
+    return ae
+
+
+def associate(ae: AE, port: int, called: str = "RIS"):
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+    assert assoc.is_established, "association rejected or failed"
+    return assoc
+
+
+@pytest.fixture
+def store(settings) -> ArchiveStore:
+    return ArchiveStore(settings.archive_path)
+
+
+@pytest.fixture
+def server(settings, session_factory, read_factory, store):
+    srv = DicomServer(settings, session_factory, read_factory, store)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def place(session_factory, settings):
+    """place(accession, **fields) -> accession: a PlaceOrder through the core's dispatcher."""
+
+    def _place(accession: str, *, patient_id: str = "P-1", name: str = "DOE^JANE", issuer: str = "",
+               birth_date: dt.date | None = None, sex: str = "", modality: str = "CT",
+               aets: tuple[str, ...] = ("CT_ROOM1",), start: dt.datetime = dt.datetime(2024, 3, 12, 9, 30),
+               rp_id: str = "", sps_id: str = "", study_uid: str = "", code: tuple[str, str, str] = ("", "", ""),
+               station_name: str = "", step_description: str = "", procedure_description: str = "",
+               placer: str = "", priority: str = "", referring: str = "", requesting: str = "",
+               reason: str = "", performing: str = "") -> str:
+        command = PlaceOrder(
+            patient=PatientData(patient_id=patient_id, issuer=issuer, name=name, birth_date=birth_date,
+                                birth_date_given=birth_date is not None, sex=sex),
+            order=OrderData(
+                ref=OrderRef(placer_order_number=placer or f"PL-{accession}"), accession_number=accession,
+                priority=priority, referring_physician=referring, requesting_physician=requesting, reason=reason,
+                procedures=(ProcedureData(
+                    requested_procedure_id=rp_id, study_instance_uid=study_uid, code_value=code[0],
+                    code_scheme=code[1], code_meaning=code[2], description=procedure_description,
+                    steps=(StepData(sps_id=sps_id, modality=modality, scheduled_start=start, station_aets=aets,
+                                    station_name=station_name, description=step_description,
+                                    performing_physician=performing),),
+                ),),
+            ),
+        )
+        with unit_of_work(session_factory) as session:
+            apply_command(session, command, Cause("test"), uid_root=settings.uid_root)
+        return accession
+
+    return _place
+
+
+def place_from_item(place, item: Dataset) -> str:
+    """Schedule an order from a DICOM worklist item (corpus .dump files describe worklists this way)."""
+    sps = item.ScheduledProcedureStepSequence[0]
+    aets = sps.get("ScheduledStationAETitle", "")
+    aets = tuple(aets) if not isinstance(aets, str) else ((aets,) if aets else ())
+    date = sps.ScheduledProcedureStepStartDate
+    time = (sps.get("ScheduledProcedureStepStartTime") or "000000").ljust(6, "0")[:6]
+    return place(item.AccessionNumber, patient_id=item.get("PatientID", "P-X"), name=str(item.get("PatientName", "")),
+                 modality=sps.get("Modality", "OT"), aets=aets, study_uid=item.get("StudyInstanceUID", ""),
+                 rp_id=item.get("RequestedProcedureID", ""), sps_id=sps.get("ScheduledProcedureStepID", ""),
+                 start=dt.datetime.strptime(date + time, "%Y%m%d%H%M%S"))
+
+
+def findscu(port: int, out_dir: Path, *keys: str, query_file: Path | None = None,
+            called: str = "RIS") -> tuple[subprocess.CompletedProcess, list[Dataset]]:
+    """DCMTK findscu -W; responses extracted (-X) into a fresh folder and read back with pydicom."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("rsp*.dcm"):
+        old.unlink()
+    args = ["-v", "-W", "-aec", called, "-to", "30", "-ta", "30", "-td", "30", "-X", "-od", str(out_dir)]
+    for key in keys:
+        args += ["-k", key]
+    args += ["127.0.0.1", str(port)]
+    if query_file is not None:
+        args.append(str(query_file))
+    result = run_dcmtk("findscu", *args)
+    return result, [dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
+
+
+def final_status(result: subprocess.CompletedProcess) -> str:
+    """The text findscu -v logs for the final C-FIND response, e.g. "Success"."""
+    match = re.search(r"Received Final Find Response \(([^)]*)\)", result.stdout + result.stderr)
+    assert match, f"no final response in findscu output:\n{result.stdout}\n{result.stderr}"
+    return match.group(1)
+
+
+def accessions(responses) -> list[str]:
+    return sorted(str(r.AccessionNumber) for r in responses)
+
+
+@pytest.fixture
+def tmp_out(tmp_path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    yield out
+    shutil.rmtree(out, ignore_errors=True)

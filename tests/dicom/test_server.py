@@ -1,0 +1,61 @@
+"""The AE itself: port 0, contexts, TCP_NODELAY on accepted sockets, C-ECHO from DCMTK and pynetdicom."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from interfaces.dicom import statuses
+from interfaces.dicom.server import STORAGE_TRANSFER_SYNTAXES, DicomServer
+from tests.dicom.conftest import associate, run_dcmtk, scu
+
+
+def test_port_zero_binds_a_free_port(server, settings):
+    assert settings.dicom_port == 0 and server.port > 0
+    assert server.ae.maximum_associations == settings.dicom_max_associations
+    assert server.ae.ae_title == settings.dicom_aet
+
+
+def test_every_storage_class_with_every_transfer_syntax(server):
+    supported = {cx.abstract_syntax: cx.transfer_syntax for cx in server.ae.supported_contexts}
+    assert len(supported) >= len(AllStoragePresentationContexts) + 3      # + echo, worklist, MPPS
+    for cx in AllStoragePresentationContexts:
+        assert supported[cx.abstract_syntax] == STORAGE_TRANSFER_SYNTAXES
+
+
+def test_accepted_sockets_have_tcp_nodelay(server):
+    assoc = associate(scu(Verification), server.port)
+    try:
+        (accepted,) = server.ae.active_associations
+        assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
+
+
+def test_pynetdicom_echo_and_store_context(server):
+    assoc = associate(scu(Verification, CTImageStorage), server.port)
+    try:
+        assert assoc.send_c_echo().Status == statuses.SUCCESS
+        assert {cx.abstract_syntax for cx in assoc.accepted_contexts} == {Verification, CTImageStorage}
+    finally:
+        assoc.release()
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_echoscu(server):
+    result = run_dcmtk("echoscu", "-v", "-aec", "RIS", "-to", "30", "127.0.0.1", str(server.port))
+    assert result.returncode == 0, result.stderr
+    assert "Received Echo Response (Success)" in result.stdout + result.stderr
+
+
+def test_stop_closes_the_port(settings, session_factory, read_factory, store):
+    srv = DicomServer(settings, session_factory, read_factory, store)
+    srv.start()
+    port = srv.port
+    srv.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    srv.stop()                                                   # idempotent
