@@ -60,6 +60,10 @@ class Settings:
     )
     hl7_max_message_size: int = _doc("Largest accepted HL7 message in bytes (larger: ACK AR).", 16 * 1024 * 1024)
     mllp_idle_timeout: float = _doc("Seconds an MLLP connection may stay silent before it is closed.", 600.0)
+    mllp_max_connections: int = _doc("Most simultaneous MLLP connections (more are closed at once).", 256)
+    mllp_tls_cert: str = _doc("PEM certificate (chain) of the MLLP listener; set it to require TLS.", "")
+    mllp_tls_key: str = _doc("PEM private key of the MLLP certificate (empty: in the certificate file).", "")
+    mllp_tls_ca: str = _doc("PEM CA bundle; when set, MLLP clients must present a certificate it signed.", "")
     mllp_workers: int = _doc("Threads that apply HL7 messages (one connection's messages stay in order).", 8)
     site_timezone: str = _doc(
         "IANA zone of the department; HL7 times without an offset and DICOM times are in this zone.",

@@ -16,6 +16,7 @@ from waitress.server import create_server
 from app.db import make_engine, make_session_factory, upgrade
 from app.storage import ArchiveStore
 from config.settings import Settings
+from config.tls import server_context
 from interfaces.dicom.server import DicomServer
 from interfaces.fhir.routes import fhir
 from interfaces.hl7.intake import HL7Intake
@@ -54,6 +55,9 @@ class Engine:
         self.mllp = MLLPServer(self.intake.handle_frame, settings.host, settings.mllp_port,
                                max_message_size=settings.hl7_max_message_size,
                                idle_timeout=settings.mllp_idle_timeout, workers=settings.mllp_workers,
+                               max_connections=settings.mllp_max_connections,
+                               ssl_context=server_context(settings.mllp_tls_cert, settings.mllp_tls_key,
+                                                          settings.mllp_tls_ca),
                                ordering_key=self.intake.ordering_key)
         self.dicom = DicomServer(settings, self.sessions, self.read_sessions, ArchiveStore(settings.archive_path))
         self.wsgi = build_wsgi_app(settings, self.sessions, self.read_sessions, self.intake)
@@ -72,7 +76,7 @@ class Engine:
         s = self.settings
         log.info("database %s", self.db.url.render_as_string(hide_password=True))
         log.info("mapping profile %s (%s)", self.profile.label, self.profile.file)
-        log.info("MLLP (HL7 v2) listening on %s:%s", s.host, self.mllp.port)
+        log.info("MLLP (HL7 v2%s) listening on %s:%s", " over TLS" if s.mllp_tls_cert else "", s.host, self.mllp.port)
         log.info("DICOM AE %s listening on %s:%s (echo, worklist, MPPS, storage; archive %s)",
                  s.dicom_aet, s.host, self.dicom.port, s.archive_path)
         log.info("HTTP listening on http://%s:%s (health /health, API /api, FHIR /fhir/metadata)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -43,7 +43,8 @@ SECTIONS: dict[str, set[str]] = {
     "step": {"sps_id", "modality", "station_aets", "station_name", "scheduled_start", "description",
              "performing_physician"},
 }
-TOP_LEVEL = {"name", "description", "messages", "order_controls", "status_changes", "accession_prefix", *SECTIONS}
+TOP_LEVEL = {"name", "description", "messages", "order_controls", "status_changes", "accession_prefix",
+             "strict_structure", *SECTIONS}
 FIELD_KEYS = {"from", "as", "required", "otherwise"}
 SOURCE_KEYS = {"path", "regex"}
 
@@ -83,7 +84,7 @@ class Profile:
     status_changes: dict[str, str]
     fields: dict[str, FieldSpec]
     accession_prefix: str = "RIS"
-    extra: dict = field(default_factory=dict)
+    strict_structure: bool = False   # validate every message's structure with hl7apy (AR when invalid)
 
     @property
     def label(self) -> str:
@@ -161,10 +162,13 @@ def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
     prefix = data.get("accession_prefix", "RIS")
     if not isinstance(prefix, str) or len(prefix) > 8:
         fail(("accession_prefix",), "a text of at most 8 characters")
+    strict = data.get("strict_structure", False)
+    if not isinstance(strict, bool):
+        fail(("strict_structure",), "true or false")
     version = hashlib.sha256(raw).hexdigest()[:12]
     return Profile(name=name, description=str(data.get("description", "")), file=file, version=version,
                    messages=messages, order_controls=controls, status_changes=status_changes, fields=fields,
-                   accession_prefix=prefix)
+                   accession_prefix=prefix, strict_structure=strict)
 
 
 def _string_table(table, path, allowed_values, fail) -> dict[str, str]:

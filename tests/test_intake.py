@@ -416,3 +416,22 @@ def test_enhanced_acknowledgment_mode(intake, session_factory, accept, applicati
 def test_enhanced_mode_refusal_is_cr(intake):
     msg = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||MFN^M02|R1|P|2.5.1|||AL|NE", "MFI|PRA")
     assert segments(intake.handle(msg))["MSA"][1:3] == ["CR", "R1"]
+
+
+def test_strict_structure_profile_refuses_a_malformed_message(settings, session_factory, tmp_path):
+    import shutil
+
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    text = (settings.mappings_path / "default.yaml").read_text().replace("name: default", "name: strict")
+    (folder / "strict.yaml").write_text(text + "\nstrict_structure: true\n")
+    strict = HL7Intake(settings, session_factory, ProfileSet(folder).get("strict"))
+    good = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ADT^A01^ADT_A01|S1|P|2.5",
+               "EVN|A01|20261203120000", "PID|||PAT-S^^^HOSP||STRICT^STELLA||19800101|F", "PV1||I")
+    assert segments(strict.handle(good))["MSA"][1] == "AA"
+    no_evn = good.replace(b"EVN|A01|20261203120000\r", b"").replace(b"|S1|", b"|S2|")
+    ack = strict.handle(no_evn)
+    assert segments(ack)["MSA"][1] == "AR"
+    location, code, text = err(ack)
+    assert (location.split("^")[0], code) == ("EVN", "100") and "EVN" in text
+    shutil.rmtree(folder)

@@ -39,6 +39,7 @@ from app.services.dispatch import apply_command
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
 from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable
+from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
 from mappings.hl7v2 import Mapper, locate, message_type
 from mappings.profile import Profile
@@ -106,6 +107,8 @@ def ack_for_error(exc: Exception) -> Outcome:
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("102", exc.reason, exc.location))
     if isinstance(exc, charsets.CharsetError):
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("102", str(exc), "MSH-18"))
+    if isinstance(exc, StructureError):
+        return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("100", text, location))
     if isinstance(exc, InvalidInput):
         return Outcome(MessageStatus.ERROR, "AE", ErrorDetail("101" if exc.missing else "102", text, location))
     if isinstance(exc, UnknownCode):
@@ -293,6 +296,8 @@ class HL7Intake:
         savepoint = session.begin_nested()
         recorder = ChangeRecorder(session)
         try:
+            if self.profile.strict_structure:
+                validate_structure(decoded.text)
             result = self.mapper.commands(msg, ctx)
             cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
             for command in result.commands:
