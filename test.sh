@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the test suite. Installs DCMTK (Debian package dcmtk) when it can.
+# Set up (idempotent) and run the test suite. Installs DCMTK (Debian package dcmtk) and Chromium (chromium,
+# chromium-driver: the browser tests) when it can.
 # RIS_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test runs it on PostgreSQL.
 # Extra arguments go to pytest (e.g. ./test.sh -k worklist).
 set -euo pipefail
@@ -9,6 +10,11 @@ if [ ! -x /usr/bin/findscu ] || [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/du
   echo "test: installing DCMTK (apt-get install dcmtk)" >&2
   { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; } \
     || echo "test: could not install DCMTK; install it with 'apt-get install dcmtk' (DCMTK tests will fail)" >&2
+fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "test: installing Chromium for the browser tests (apt-get install chromium chromium-driver)" >&2
+  { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+    || echo "test: could not install Chromium; the browser tests (tests/web/test_browser.py) will be skipped" >&2
 fi
 scripts/setup-venv.sh requirements-dev.txt
 export TCP_NODELAY=1   # Debian's DCMTK keeps Nagle on unless this is set

@@ -150,7 +150,11 @@ class InstanceData:
     patient_id: str = ""
     issuer: str = ""
     patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
     accession_number: str = ""
+    study_id: str = ""
+    referring_physician: str = ""
     study_date: str = ""
     study_time: str = ""
     study_description: str = ""
@@ -192,10 +196,11 @@ class VisitData:
     prior_location: str = ""
     admitted_at: dt.datetime | None = None
     discharged_at: dt.datetime | None = None
+    arrived_at: dt.datetime | None = None      # ADT^A10 patient arriving (site-local)
 
 
 VISIT_EVENTS = ("admit", "register", "preadmit", "transfer", "discharge", "update", "change_class",
-                "cancel_admit", "cancel_transfer", "cancel_discharge")
+                "cancel_admit", "cancel_transfer", "cancel_discharge", "arrive")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Enum,
@@ -32,8 +33,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
 def utcnow() -> dt.datetime:
@@ -81,6 +83,22 @@ class StepStatus(str, enum.Enum):
     COMPLETED = "COMPLETED"
     DISCONTINUED = "DISCONTINUED"
     CANCELLED = "CANCELLED"
+    UNSCHEDULED = "UNSCHEDULED"  # its booking was cancelled or the patient did not show: waits for a new slot
+
+
+class ProcedureState(str, enum.Enum):
+    """Lifecycle of a requested procedure, from order to signed report (app.services.lifecycle has the
+    transition table)."""
+
+    ORDERED = "ORDERED"
+    SCHEDULED = "SCHEDULED"
+    ARRIVED = "ARRIVED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    PRELIMINARY = "PRELIMINARY"      # a preliminary report is signed
+    FINAL = "FINAL"                  # the final report is signed
+    CANCELLED = "CANCELLED"
+    DISCONTINUED = "DISCONTINUED"
 
 
 class PerformedStatus(str, enum.Enum):
@@ -117,6 +135,7 @@ class Patient(Base):
     name: Mapped[pn]
     birth_date: Mapped[Optional[dt.date]] = mapped_column(Date)
     sex: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     merged_into_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("patients.id"), index=True)
     created_at: Mapped[created]
     updated_at: Mapped[updated]
@@ -176,6 +195,7 @@ class Order(Base):
     reason: Mapped[text]
     sender: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     source_message_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 
@@ -198,8 +218,13 @@ class RequestedProcedure(Base):
     code_meaning: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     description: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     priority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    state: Mapped[ProcedureState] = mapped_column(_enum(ProcedureState), nullable=False, default=ProcedureState.ORDERED,
+                                                  index=True)
 
     order: Mapped[Order] = relationship(back_populates="procedures")
+    transitions: Mapped[list["ProcedureTransition"]] = relationship(
+        back_populates="procedure", cascade="all, delete-orphan", order_by="ProcedureTransition.id"
+    )
     steps: Mapped[list["ProcedureStep"]] = relationship(
         back_populates="procedure", cascade="all, delete-orphan", order_by="ProcedureStep.id"
     )
@@ -271,14 +296,22 @@ class PerformedStep(Base):
 # Archive index -------------------------------------------------------------------------------
 class Study(Base):
     __tablename__ = "studies"
-    __table_args__ = (Index("ix_studies_accession", "accession_number"),)
+    __table_args__ = (
+        Index("ix_studies_accession", "accession_number"),
+        Index("ix_studies_patient", "patient_id", "issuer"),
+        Index("ix_studies_date", "study_date", "study_time"),
+    )
 
     id: Mapped[intpk]
     study_instance_uid: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     patient_id: Mapped[ident]
     issuer: Mapped[ident]
     patient_name: Mapped[pn]
+    patient_birth_date: Mapped[str] = mapped_column(String(8), nullable=False, default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     accession_number: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    study_id: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    referring_physician: Mapped[pn]
     study_date: Mapped[str] = mapped_column(String(8), nullable=False, default="")
     study_time: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     description: Mapped[str] = mapped_column(String(64), nullable=False, default="")
@@ -347,6 +380,9 @@ class InboundMessage(Base):
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus), nullable=False, default=MessageStatus.RECEIVED)
     ack_code: Mapped[str] = mapped_column(String(2), nullable=False, default="")
     ack: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    # What was answered on the connection when it is not ``ack`` (HL7 enhanced acknowledgment mode): the
+    # accept ACK, or b"" when nothing was sent. NULL: ``ack`` itself was the answer (original mode).
+    reply: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
     error: Mapped[text]
     warnings: Mapped[text]
     profile: Mapped[str] = mapped_column(String(128), nullable=False, default="")
@@ -362,6 +398,7 @@ class InboundMessage(Base):
 
 # Appointments and reports --------------------------------------------------------------------
 class AppointmentStatus(str, enum.Enum):
+    PROPOSED = "PROPOSED"    # requested, no fixed time yet (FHIR Appointment proposed/pending/waitlist)
     BOOKED = "BOOKED"
     CANCELLED = "CANCELLED"
     NOSHOW = "NOSHOW"
@@ -371,7 +408,8 @@ class Appointment(Base):
     """A booked slot for an order (HL7 v2.5.1 chapter 10, SIU S12-S26)."""
 
     __tablename__ = "appointments"
-    __table_args__ = (Index("ix_appointments_ids", "filler_appointment_id", "placer_appointment_id"),)
+    __table_args__ = (Index("ix_appointments_ids", "filler_appointment_id", "placer_appointment_id"),
+                      Index("ix_appointments_resource", "resource_fk", "start"))
 
     id: Mapped[intpk]
     order_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("orders.id"), index=True)
@@ -385,10 +423,26 @@ class Appointment(Base):
     location: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     status: Mapped[AppointmentStatus] = mapped_column(_enum(AppointmentStatus), nullable=False,
                                                       default=AppointmentStatus.BOOKED)
+    # A booking of one of our resources for one step (app.services.scheduling); NULL for SIU appointments.
+    resource_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("resources.id"))
+    step_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("procedure_steps.id", ondelete="SET NULL"), index=True)
+    end: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 
     order: Mapped[Optional[Order]] = relationship()
+    booked_resource: Mapped[Optional["Resource"]] = relationship()
+    step: Mapped[Optional[ProcedureStep]] = relationship()
+
+
+class ReportState(str, enum.Enum):
+    """A report written in the engine: DRAFT until signed; PRELIMINARY or FINAL once signed (HL7 table 0123
+    P / F); AMENDED when a signed amendment replaced it (its replacement went out as a correction, C)."""
+
+    DRAFT = "DRAFT"
+    PRELIMINARY = "PRELIMINARY"
+    FINAL = "FINAL"
+    AMENDED = "AMENDED"
 
 
 class Report(Base):
@@ -406,5 +460,246 @@ class Report(Base):
     text: Mapped[text]
     observed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     created_at: Mapped[created]
+    # Reports written here (app.services.reports): NULL ``state`` for a report received by ORU^R01.
+    state: Mapped[Optional["ReportState"]] = mapped_column(_enum(ReportState))
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="report")   # report, addendum, amendment
+    procedure_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("requested_procedures.id"), index=True)
+    parent_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("reports.id"), index=True)
+    author: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    signed_by: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    signed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    updated_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     order: Mapped[Optional[Order]] = relationship()
+    procedure: Mapped[Optional[RequestedProcedure]] = relationship()
+    parent: Mapped[Optional["Report"]] = relationship(remote_side="Report.id")
+
+
+# Versions ------------------------------------------------------------------------------------
+class ResourceVersion(Base):
+    """One kept version of a resource as an edge served it (FHIR R4 http.html#vread): ``content`` is
+    the rendered resource; ``version`` is the Patient/Order ``version`` it was rendered from."""
+
+    __tablename__ = "resource_versions"
+    __table_args__ = (UniqueConstraint("resource_type", "resource_id", "version", name="uq_resource_version"),)
+
+    id: Mapped[intpk]
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    recorded_at: Mapped[created]
+    content: Mapped[dict] = mapped_column(JSON, nullable=False)
+
+
+_BUMPED = "ris.versions_bumped"
+
+
+@event.listens_for(Session, "before_flush")
+def _bump_versions(session: Session, _context, _instances) -> None:
+    """Patients and orders count their versions: +1 once per transaction that changes them, whoever
+    changes them (HL7, FHIR, MPPS); a change of an order's procedures or steps is a change of the order.
+    A record created in the transaction stays at version 1."""
+    seen = session.info.setdefault(_BUMPED, set())
+    for obj in session.new:
+        if isinstance(obj, (Patient, Order)):
+            seen.add(obj)
+    for obj in list(session.dirty) + list(session.new):
+        if isinstance(obj, (ProcedureStep, RequestedProcedure)):
+            proc = obj.procedure if isinstance(obj, ProcedureStep) else obj
+            obj = proc.order if proc is not None else None
+        elif not isinstance(obj, (Patient, Order)) or not session.is_modified(obj, include_collections=False):
+            continue
+        if obj is None or obj in seen:
+            continue
+        seen.add(obj)
+        obj.version = (obj.version or 1) + 1
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_bumps(session: Session) -> None:
+    session.info.pop(_BUMPED, None)
+
+
+# Outbox --------------------------------------------------------------------------------------
+class OutboxStatus(str, enum.Enum):
+    """Lifecycle of an outbound message (DESIGN.md 3, "Out")."""
+
+    PENDING = "PENDING"    # written with the change that caused it; waits for its first attempt
+    SENDING = "SENDING"    # claimed by one dispatcher (claimed_by) until claimed_until
+    SENT = "SENT"          # the destination accepted it (final)
+    FAILED = "FAILED"      # the last attempt failed transiently: tried again at next_attempt_at
+    DEAD = "DEAD"          # refused permanently or out of attempts (final until retried by hand)
+
+
+class OutboxMessage(Base):
+    """One message for one destination, written in the same transaction as the change it reports.
+
+    ``payload`` is what to send, as plain domain data (e.g. an order's identifiers and new status);
+    ``rendered`` the bytes made from it by the destination's adapter at the first attempt, kept so
+    every retry sends the same bytes with the same ``message_id`` (a receiver can drop duplicates).
+    """
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        Index("ix_outbox_queue", "destination", "status", "id"),
+        Index("ix_outbox_status_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[intpk]
+    destination: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    message_id: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    payload: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    rendered: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), nullable=False, default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    last_error: Mapped[text]
+    reply: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    claimed_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    claimed_until: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    order_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"), index=True)
+    cause_kind: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    cause_reference: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    cause_message_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+    sent_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+
+
+class SubscriptionStatus(str, enum.Enum):
+    """FHIR R4 subscription-status (subscription.html): requested, active, error, off."""
+
+    REQUESTED = "requested"
+    ACTIVE = "active"
+    ERROR = "error"
+    OFF = "off"
+
+
+class Subscription(Base):
+    """A client's standing request to be told of changes (FHIR R4 Subscription, rest-hook channel):
+    notifications are outbox rows (destination ``subscription/<id>``) written with the change."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index("ix_subscriptions_topic", "topic", "status"),)
+
+    id: Mapped[intpk]
+    status: Mapped[SubscriptionStatus] = mapped_column(_enum(SubscriptionStatus), nullable=False,
+                                                       default=SubscriptionStatus.ACTIVE)
+    topic: Mapped[str] = mapped_column(String(32), nullable=False)           # the resource type watched
+    criteria: Mapped[str] = mapped_column(String(1000), nullable=False, default="")
+    endpoint: Mapped[str] = mapped_column(String(1000), nullable=False)
+    headers: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    payload: Mapped[str] = mapped_column(String(64), nullable=False, default="")      # mime type, "" = empty
+    content: Mapped[str] = mapped_column(String(16), nullable=False, default="id-only")
+    reason: Mapped[text]
+    end_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    events: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # eventsSinceSubscriptionStart
+    error: Mapped[text]
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+
+# Users and audit -----------------------------------------------------------------------------
+class Role(str, enum.Enum):
+    """What a person does in the department; the pages and actions each may use are in app.services.auth."""
+
+    TECHNOLOGIST = "technologist"
+    SCHEDULER = "scheduler"
+    RADIOLOGIST = "radiologist"
+    ANALYST = "analyst"            # interface analyst
+    ADMINISTRATOR = "administrator"
+
+
+class User(Base):
+    """A person who signs in to the web pages; ``password_hash`` is a salted scrypt hash (never the password)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[intpk]
+    username: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    full_name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    role: Mapped[Role] = mapped_column(_enum(Role), nullable=False)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    last_login_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+
+class AuditEvent(Base):
+    """One view of a patient's data or one change by a person: who, when, what, from where."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_user", "username", "at"),
+        Index("ix_audit_patient", "patient_key", "at"),
+    )
+
+    id: Mapped[intpk]
+    at: Mapped[created]
+    username: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    role: Mapped[str] = mapped_column(String(24), nullable=False, default="")
+    action: Mapped[str] = mapped_column(String(32), nullable=False)        # view, change, login, login-failed ...
+    entity: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    entity_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    patient_key: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    detail: Mapped[text]
+    source: Mapped[str] = mapped_column(String(128), nullable=False, default="")   # address of the client
+    channel: Mapped[str] = mapped_column(String(16), nullable=False, default="")   # web, api, fhir, cli
+
+
+# Tracking, scheduling resources, statistics --------------------------------------------------
+class ProcedureTransition(Base):
+    """One step of a requested procedure's lifecycle: from, to, when and why (app.services.lifecycle)."""
+
+    __tablename__ = "procedure_transitions"
+    __table_args__ = (Index("ix_transitions_at", "at"), Index("ix_transitions_to_at", "to_state", "at"))
+
+    id: Mapped[intpk]
+    procedure_fk: Mapped[int] = mapped_column(ForeignKey("requested_procedures.id", ondelete="CASCADE"), nullable=False,
+                                              index=True)
+    from_state: Mapped[Optional[ProcedureState]] = mapped_column(_enum(ProcedureState))
+    to_state: Mapped[ProcedureState] = mapped_column(_enum(ProcedureState), nullable=False)
+    at: Mapped[created]
+    cause_kind: Mapped[str] = mapped_column(String(32), nullable=False, default="")       # hl7, mpps, user, job ...
+    cause_reference: Mapped[str] = mapped_column(String(255), nullable=False, default="")  # control id, SOP UID ...
+    cause_sender: Mapped[str] = mapped_column(String(255), nullable=False, default="")     # sender, station, user
+    cause_message_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("inbound_messages.id", ondelete="SET NULL"))
+    note: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+
+    procedure: Mapped[RequestedProcedure] = relationship(back_populates="transitions")
+
+
+class Resource(Base):
+    """A room or modality that can be booked (app.services.scheduling): its DICOM identity, what it does
+    and when it is open. ``opening_hours``: weekday (mon..sun) -> list of ["HH:MM", "HH:MM"] (site-local);
+    ``slot_minutes``: procedure code -> minutes, with ``default_minutes`` for any other code."""
+
+    __tablename__ = "resources"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    station_name: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    modalities: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    opening_hours: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    default_minutes: Mapped[int] = mapped_column(Integer, nullable=False, default=15)
+    slot_minutes: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+
+class DailyStatistics(Base):
+    """The department's figures for one site-local day, computed once by the daily job (unique ``day``)."""
+
+    __tablename__ = "daily_statistics"
+
+    id: Mapped[intpk]
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False, unique=True)
+    figures: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    computed_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    computed_at: Mapped[created]

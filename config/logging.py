@@ -10,6 +10,8 @@ def setup_logging(level: str = "INFO") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pynetdicom logs every PDU at INFO; keep it to warnings unless asked.
+    # Chatty libraries: pynetdicom logs every PDU at INFO, alembic its plugins at every start, APScheduler
+    # every job run; keep them to warnings unless asked.
     if level.upper() != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        for name in ("pynetdicom", "alembic", "apscheduler"):
+            logging.getLogger(name).setLevel(logging.WARNING)

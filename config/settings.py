@@ -1,6 +1,6 @@
 """Engine settings: one documented default per setting, overridable by environment (RIS_...).
 
-This module imports nothing of ours. Every setting has a default that runs the whole engine on the
+This module imports nothing of ours outside config/. Every setting has a default that runs the whole engine on the
 embedded default (SQLite and files under a data folder); each can be overridden by an environment
 variable named ``RIS_<NAME>`` (upper case), or by keyword arguments in tests.
 """
@@ -12,6 +12,8 @@ import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from config.outbound import Destination, parse_destinations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,7 @@ def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MIS
 class Settings:
     """All settings of one engine process. Build with :func:`load_settings`."""
 
-    data_dir: Path = _doc("Folder for the SQLite database, the archive and logs.", Path("data"))
+    data_dir: Path = _doc("Folder for the SQLite database and the archive (the engine logs to stderr).", Path("data"))
     host: str = _doc("Address every listener binds to (MLLP, DICOM, HTTP).", "127.0.0.1")
     mllp_port: int = _doc("TCP port of the HL7 v2 MLLP listener.", 2575)
     dicom_port: int = _doc("TCP port of the DICOM AE (echo, worklist, MPPS, storage).", 11112)
@@ -40,8 +42,9 @@ class Settings:
         "postgresql+psycopg://user@host:5432/db", ""
     )
     archive_dir: str = _doc("Folder of the DICOM archive; empty means <data_dir>/archive.", "")
-    mappings_dir: str = _doc("Folder of the mapping profiles; empty means the shipped mappings/.", "")
-    mapping_profile: str = _doc("Name of the mapping profile used for every sender.", "default")
+    mappings_dir: str = _doc("Folder of the mapping profiles (*.yaml, re-read when they change); empty means the "
+                             "shipped mappings/.", "")
+    mapping_profile: str = _doc("Name of the mapping profile for senders no profile's 'senders' claims.", "default")
     hl7_application: str = _doc("Our MSH-3 (sending application) in ACKs and outbound messages.", "RIS")
     hl7_facility: str = _doc("Our MSH-4 (sending facility) in ACKs and outbound messages.", "RADIOLOGY")
     hl7_default_charset: str = _doc(
@@ -60,11 +63,16 @@ class Settings:
     )
     hl7_max_message_size: int = _doc("Largest accepted HL7 message in bytes (larger: ACK AR).", 16 * 1024 * 1024)
     mllp_idle_timeout: float = _doc("Seconds an MLLP connection may stay silent before it is closed.", 600.0)
+    mllp_frame_timeout: float = _doc(
+        "Seconds a sender has to complete an MLLP frame once it started it; then the connection is closed.", 60.0)
     mllp_max_connections: int = _doc("Most simultaneous MLLP connections (more are closed at once).", 256)
     mllp_tls_cert: str = _doc("PEM certificate (chain) of the MLLP listener; set it to require TLS.", "")
     mllp_tls_key: str = _doc("PEM private key of the MLLP certificate (empty: in the certificate file).", "")
     mllp_tls_ca: str = _doc("PEM CA bundle; when set, MLLP clients must present a certificate it signed.", "")
-    mllp_workers: int = _doc("Threads that apply HL7 messages (one connection's messages stay in order).", 8)
+    mllp_workers: int = _doc("Threads that apply HL7 messages (one connection's messages stay in order).", 32)
+    hl7_group_commit: bool = _doc(
+        "Commit the HL7 messages of concurrent connections together (one fsync for the group; each is still "
+        "durable before its ACK). Off: one transaction per message.", True)
     site_timezone: str = _doc(
         "IANA zone of the department; HL7 times without an offset and DICOM times are in this zone.",
         "UTC",
@@ -77,8 +85,44 @@ class Settings:
     dicom_specific_character_set: str = _doc(
         "Character set of worklist answers: 'ISO_IR 192' (UTF-8) encodes every script.", "ISO_IR 192"
     )
-    dicom_max_associations: int = _doc("Most simultaneous DICOM associations.", 32)
+    dicom_max_associations: int = _doc("Most simultaneous DICOM associations (more are rejected).", 32)
+    dicom_known_aes: tuple[str, ...] = _doc(
+        "Known DICOM AEs as AET=host:port, comma separated: C-MOVE destinations, storage commitment "
+        "requesters, and the callers allowed when dicom_check_callers is on.", ()
+    )
+    dicom_check_callers: bool = _doc(
+        "Accept associations only from a known AE title calling from its configured host.", False
+    )
+    dicom_resent_instance: str = _doc(
+        "C-STORE of a SOP Instance UID already archived: 'replace' the file and index entry, 'ignore' it "
+        "(success, nothing written) or 'reject' it (0111 Duplicate SOP Instance).", "replace"
+    )
+    outbound_destinations: tuple[str, ...] = _doc(
+        "Outbound destinations, comma separated: name=host:port[;enabled=false][;message=OMG^O19]"
+        "[;application=APP][;facility=FAC][;kinds=order.status] (see config/outbound.py).", ()
+    )
+    his_mllp: str = _doc("host:port of the HIS's MLLP listener: shorthand for the destination 'his'.", "")
+    outbound_order_message: str = _doc(
+        "Order status message to the HIS (IHE RAD-3): ORM^O01 or OMG^O19 (a destination may choose its own).",
+        "ORM^O01",
+    )
+    outbox_poll_seconds: float = _doc("Seconds between outbox dispatch runs.", 2.0)
+    outbox_timeout: float = _doc("Seconds to connect and to receive each message's ACK.", 10.0)
+    outbox_max_attempts: int = _doc("Attempts before a transiently failing message is dead-lettered.", 10)
+    outbox_backoff_seconds: float = _doc("Delay after the first failed attempt; doubled after each next one.", 5.0)
+    outbox_backoff_max_seconds: float = _doc("Longest delay between two attempts.", 600.0)
     scheduler_enabled: bool = _doc("Run the scheduled jobs in this process.", True)
+    auth_required: bool = _doc(
+        "The JSON API and FHIR answer only a signed-in user (401 otherwise) with a role that may use them (403). "
+        "The web pages always require signing in.", False)
+    api_token: str = _doc("A bearer token (Authorization: Bearer ...) the JSON API and FHIR accept when "
+                          "RIS_AUTH_REQUIRED is on, for automation; empty: none.", "")
+    api_token_role: str = _doc("The role of RIS_API_TOKEN (technologist, scheduler, radiologist, analyst, "
+                               "administrator).", "analyst")
+    secret_key: str = _doc("Key that signs the web session cookies; empty: a random key kept in "
+                           "<data_dir>/secret_key (shared by every process on that folder).", "")
+    session_idle_minutes: float = _doc("A web session ends after this many minutes without a request.", 30.0)
+    cookie_secure: bool = _doc("Send the session cookie only over HTTPS (set it behind a TLS proxy).", False)
     log_level: str = _doc("Python logging level.", "INFO")
 
     # Derived paths -------------------------------------------------------------------------
@@ -91,18 +135,32 @@ class Settings:
         return Path(self.archive_dir) if self.archive_dir else Path(self.data_dir) / "archive"
 
     @property
+    def destinations(self) -> tuple[Destination, ...]:
+        """The outbound destinations (``outbound_destinations`` plus ``his_mllp``), parsed."""
+        try:
+            return parse_destinations(self.outbound_destinations, self.his_mllp,
+                                      default_message=self.outbound_order_message)
+        except ValueError as exc:
+            raise SettingsError(f"RIS_OUTBOUND_DESTINATIONS / RIS_HIS_MLLP: {exc}") from None
+
+    @property
     def mappings_path(self) -> Path:
         return Path(self.mappings_dir) if self.mappings_dir else REPO_ROOT / "mappings"
+
+
+def parse_flag(raw: str) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off/empty (any case); ValueError otherwise."""
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
 
 
 def _convert(name: str, raw: str, kind):
     try:
         if kind is bool:
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
+            return parse_flag(raw)
         if kind in (int, float, str, Path):
             return kind(raw)
         if kind == tuple[str, ...]:

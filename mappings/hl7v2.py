@@ -8,8 +8,14 @@ Groups: every OBR segment is one requested procedure with one scheduled step (HL
 procedure and step values from the k-th occurrence of their segment for the k-th OBR when the
 message has that many (ORC, OBR, ZDS, IPC, TQ1 repeat per order), else from the first.
 
+Beyond reading fields, a profile may look a code up in one of its tables (a code the table lacks is
+an UnknownCode naming the profile, the table and the code), choose the patient identifier among
+the repetitions of PID-3 by assigning authority and identifier type, and give station AE titles by
+rules when the message names none.
+
 The message is any object with ``value``/``values`` (mappings.transforms.MessageView), ``all(segment)``,
-``message_code`` and ``trigger_event``: the HL7 tokenizer's Message is one.
+``message_code``, ``trigger_event``, ``sending_application`` and ``sending_facility``: the HL7
+tokenizer's Message is one.
 """
 
 from __future__ import annotations
@@ -19,16 +25,19 @@ from dataclasses import dataclass, field
 from app.commands import (AppointmentData, CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef,
                           PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
                           RecordVisit, RegisterPatient, StepData, UpdateOrder, VisitData)
-from mappings.profile import APPOINTMENT_ACTIONS, VISIT_ACTIONS
+from app.errors import InvalidInput, UnknownCode, Unsupported
+from mappings.paths import FieldPath
+from mappings.profile import APPOINTMENT_ACTIONS, VISIT_ACTIONS, FieldSpec, IdentifierPolicy, Profile, Source
+from mappings.transforms import HL7_NULL, TRANSFORMS, Context
 
 # Report text: the OBX value types that hold text (HL7 table 0125), and the DICOM code of the
 # OBX that carries the Study Instance UID (IHE RAD TF-2 "DICOM Study" 113014^DCM).
 TEXT_VALUE_TYPES = {"TX", "FT"}  # ST carries identifiers (UIDs) in IHE reports
 STUDY_UID_CODE = "113014"
 _MINUTES = {"S": 1 / 60, "SEC": 1 / 60, "M": 1.0, "MIN": 1.0, "H": 60.0, "HR": 60.0, "D": 1440.0}
-from app.errors import InvalidInput, Unsupported
-from mappings.profile import FieldSpec, Profile
-from mappings.transforms import HL7_NULL, TRANSFORMS, Context
+
+# MRG-1 Prior Patient Identifier List (HL7 v2.5.1 chapter 3, MRG segment): read with PID-3's identifier policy.
+PRIOR_IDENTIFIERS = FieldPath.parse("MRG-1")
 
 
 @dataclass
@@ -73,7 +82,17 @@ def locate(profile: Profile, key: str, msg, origins: dict[str, str] | None = Non
     for source in spec.sources:
         if _count(msg, source.path.segment):
             return source.path.location
-    return spec.sources[0].path.location
+    return spec.sources[0].path.location if spec.sources else None
+
+
+def _occurrence(msg, segment: str, k: int, at: dict[str, int]) -> int:
+    """The occurrence of ``segment`` that belongs to the k-th order group (see the module docstring)."""
+    return at.get(segment) or (k if _count(msg, segment) >= k else 1)
+
+
+def sender_of(msg) -> str:
+    """MSH-3 ^ MSH-4 (sending application and facility namespace ids, HL7 v2.5.1 2.15.9.3-4)."""
+    return f"{msg.sending_application}^{msg.sending_facility}"
 
 
 class Mapper:
@@ -103,7 +122,7 @@ class Mapper:
         kind, fn = TRANSFORMS[spec.transform]
         for source in spec.sources:
             p = source.path
-            occ = at.get(p.segment) or (k if _count(msg, p.segment) >= k else 1)
+            occ = _occurrence(msg, p.segment, k, at)
             if p.rep is None:
                 values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
                 values = [v for v in values if v and v != HL7_NULL]
@@ -115,18 +134,79 @@ class Mapper:
                 if value:
                     return value, p.location
                 continue
-            raw = msg.value(p.segment, p.field, p.rep, p.comp, p.sub, occ).strip()
-            if source.regex is not None and raw:
-                m = source.regex.search(raw)
-                raw = (m.group(1) if m.groups() else m.group(0)) if m else ""
+            raw = self._raw(source, msg, k, at)
             if not raw:
                 continue
             if raw == HL7_NULL:
                 return HL7_NULL, p.location
+            if source.table:
+                raw = self.lookup(source, raw)
+                if raw is None:
+                    continue
             value = fn(raw, ctx)
             if value not in (None, ""):
                 return value, p.location
+        if spec.default is not None:
+            value = spec.default if kind == "field" else fn(spec.default, ctx)
+            if value not in (None, ""):
+                return value, None
         return None, None
+
+    @staticmethod
+    def _raw(source: Source, msg, k: int, at: dict[str, int]) -> str:
+        """The text a source reads: its field (narrowed by its regex), or its fields joined."""
+        if source.concat:
+            parts = [msg.value(p.segment, p.field, p.rep, p.comp, p.sub, _occurrence(msg, p.segment, k, at)).strip()
+                     for p in source.concat]
+            raw = source.separator.join(part for part in parts if part and part != HL7_NULL)
+        else:
+            p = source.path
+            raw = msg.value(p.segment, p.field, p.rep, p.comp, p.sub, _occurrence(msg, p.segment, k, at)).strip()
+        if source.regex is not None and raw:
+            m = source.regex.search(raw)
+            raw = (m.group(1) if m.groups() else m.group(0)) if m else ""
+        return raw
+
+    def lookup(self, source: Source, code: str) -> str | None:
+        """``code`` looked up in the source's table and column. A code the table lacks is an error
+        naming the profile, the table and the code (ACK AE, HL7 table 0357 code 103 "table value
+        not found"); the message can be reprocessed once the table has it. With ``missing: skip``
+        the next source is tried instead."""
+        row = self.profile.tables[source.table].get(code)
+        value = row.get(source.column, "") if row is not None else ""
+        if value:
+            return value
+        if source.missing == "skip":
+            return None
+        what = f"no entry {code!r}" if row is None else f"no {source.column} for {code!r}"
+        raise UnknownCode(f"profile {self.profile.name!r}: table {source.table!r} has {what}",
+                          location=source.path.location)
+
+    def identifier(self, policy: IdentifierPolicy, path: FieldPath, msg, k: int = 1) -> tuple[str, str]:
+        """(identifier, issuer) from the repetition of the CX field ``path`` the policy chooses
+        (CX-1 ID number, CX-4.1 assigning authority, CX-5 identifier type code; HL7 v2.5.1 chapter 2A, data type CX)."""
+        occ = _occurrence(msg, path.segment, k, {})
+        candidates = []
+        for rep in range(1, len(msg.values(path.segment, path.field, 1, 1, occ)) + 1):
+            number = msg.value(path.segment, path.field, rep, 1, 1, occ).strip()
+            if number and number != HL7_NULL:
+                candidates.append((number, msg.value(path.segment, path.field, rep, 4, 1, occ).strip(),
+                                   msg.value(path.segment, path.field, rep, 5, 1, occ).strip()))
+        for authority in policy.authorities or (None,):
+            for id_type in policy.types or (None,):
+                for number, assigner, kind in candidates:
+                    if authority in (None, assigner) and id_type in (None, kind):
+                        return number, assigner or policy.issuer
+        if candidates and policy.otherwise == "first":
+            number, assigner, _ = candidates[0]
+            return number, assigner or policy.issuer
+        wanted = []
+        if policy.authorities:
+            wanted.append(f"assigning authority {' or '.join(policy.authorities)}")
+        if policy.types:
+            wanted.append(f"identifier type {' or '.join(policy.types)}")
+        raise InvalidInput(f"profile {self.profile.name!r}: no {path.location} repetition with "
+                           f"{' and '.join(wanted)}", location=path.location, missing=True)
 
     def text(self, key: str, msg, ctx: Context, k: int = 1, at: dict[str, int] | None = None) -> str:
         value = self.read(key, msg, ctx, k, at)
@@ -139,8 +219,13 @@ class Mapper:
         mtype = message_type(msg)
         action = self.profile.messages.get(mtype)
         if action is None:
-            raise Unsupported(f"message type {mtype or '(empty)'} is not handled by profile "
-                              f"{self.profile.name!r}", location="MSH-9")
+            if not msg.message_code:
+                raise Unsupported("MSH-9 (message type) is empty", location="MSH-9")
+            # spelt without the component separator, which ERR-8 would have to escape as \S\
+            spelt = f"{msg.message_code} {msg.trigger_event}" if msg.trigger_event else \
+                f"{msg.message_code} without a trigger event"
+            raise Unsupported(f"message type {spelt} is not handled by profile {self.profile.name!r}",
+                              location="MSH-9")
         if action == "register_patient":
             result = MappingResult([RegisterPatient(self.patient(msg, ctx))], action)
         elif action in VISIT_ACTIONS:
@@ -164,12 +249,18 @@ class Mapper:
 
     def patient(self, msg, ctx: Context, k: int = 1) -> PatientData:
         """The patient of the k-th PID segment (A40 carries one PID/MRG pair per merge)."""
+        policy = self.profile.patient_identifier
+        if policy is not None:
+            patient_id, issuer = self.identifier(policy, policy.field, msg, k)
+            ctx.origins.setdefault("patient.id", policy.field.location)
+        else:
+            patient_id, issuer = self.text("patient.id", msg, ctx, k), self.text("patient.issuer", msg, ctx, k)
         name = self.read("patient.name", msg, ctx, k)
         birth = self.read("patient.birth_date", msg, ctx, k)
         sex = self.read("patient.sex", msg, ctx, k)
         return PatientData(
-            patient_id=self.text("patient.id", msg, ctx, k),
-            issuer=self.text("patient.issuer", msg, ctx, k),
+            patient_id=patient_id,
+            issuer=issuer,
             name=None if name is None else ("" if name == HL7_NULL else name),
             birth_date=None if birth in (None, HL7_NULL) else birth,
             birth_date_given=birth is not None,
@@ -177,6 +268,9 @@ class Mapper:
         )
 
     def prior(self, msg, ctx: Context, k: int = 1) -> PatientRef:
+        policy = self.profile.patient_identifier
+        if policy is not None:
+            return PatientRef(*self.identifier(policy, PRIOR_IDENTIFIERS, msg, k))
         return PatientRef(self.text("merge.prior_id", msg, ctx, k), self.text("merge.prior_issuer", msg, ctx, k))
 
     def visit(self, msg, ctx: Context) -> VisitData:
@@ -187,6 +281,8 @@ class Mapper:
             prior_location=self.text("visit.prior_location", msg, ctx),
             admitted_at=self.read("visit.admitted_at", msg, ctx),
             discharged_at=self.read("visit.discharged_at", msg, ctx),
+            arrived_at=self.read("visit.arrived_at", msg, ctx) if self.profile.messages.get(message_type(msg)) == "arrive"
+            else None,
         )
 
     def appointment(self, msg, ctx: Context) -> AppointmentData:
@@ -266,14 +362,22 @@ class Mapper:
         cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
         return MappingResult([cmd], action)
 
-    def step(self, msg, ctx: Context, k: int, at: dict[str, int]) -> StepData:
+    def step(self, msg, ctx: Context, k: int, at: dict[str, int], code: str = "") -> StepData:
         aets = self.read("step.station_aets", msg, ctx, k, at)
+        aets = tuple(aets) if isinstance(aets, tuple) else ((aets,) if aets else ())
+        modality = self.text("step.modality", msg, ctx, k, at)
+        station_name = self.text("step.station_name", msg, ctx, k, at)
+        if (not aets or not station_name) and self.profile.stations:
+            rule = self.profile.station_rule(modality=modality, procedure=code, sender=sender_of(msg),
+                                             location=self.text("visit.location", msg, ctx))
+            if rule is not None:
+                aets, station_name = aets or rule.aets, station_name or rule.name
         return StepData(
             sps_id=self.text("step.sps_id", msg, ctx, k, at),
-            modality=self.text("step.modality", msg, ctx, k, at),
+            modality=modality,
             scheduled_start=self.read("step.scheduled_start", msg, ctx, k, at),
-            station_aets=tuple(aets) if isinstance(aets, tuple) else ((aets,) if aets else ()),
-            station_name=self.text("step.station_name", msg, ctx, k, at),
+            station_aets=aets,
+            station_name=station_name,
             description=self.text("step.description", msg, ctx, k, at),
             performing_physician=self.text("step.performing_physician", msg, ctx, k, at),
         )
@@ -281,12 +385,14 @@ class Mapper:
     def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
         """The k-th OBR's requested procedure; one step per IPC segment of its group (OMI^O23,
         HL7 v2.5.1 4.4.10), else one step."""
+        code = self.text("procedure.code_value", msg, ctx, k)
         ipcs = _group_occurrences(msg, "IPC", k)
-        steps = tuple(self.step(msg, ctx, k, {"IPC": j}) for j in ipcs) or (self.step(msg, ctx, k, {}),)
+        steps = (tuple(self.step(msg, ctx, k, {"IPC": j}, code) for j in ipcs)
+                 or (self.step(msg, ctx, k, {}, code),))
         return ProcedureData(
             requested_procedure_id=self.text("procedure.requested_procedure_id", msg, ctx, k),
             study_instance_uid=self.text("procedure.study_instance_uid", msg, ctx, k),
-            code_value=self.text("procedure.code_value", msg, ctx, k),
+            code_value=code,
             code_scheme=self.text("procedure.code_scheme", msg, ctx, k),
             code_meaning=self.text("procedure.code_meaning", msg, ctx, k),
             description=self.text("procedure.description", msg, ctx, k),

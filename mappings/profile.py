@@ -1,25 +1,39 @@
 """Mapping profiles: the YAML files an interface analyst owns, loaded and validated.
 
-A profile says which message types the engine acts on, what each order control means, and where
-every domain value comes from (a list of HL7 field paths, the first with a value wins), read
-through a transform from a fixed registry. A bad file is refused at load with its file name,
-line and key; nothing in a profile is code.
+A profile says which senders it serves (MSH-3 sending application / MSH-4 sending facility,
+HL7 v2.5.1 2.15.9.3-4), which message types the engine acts on, what each order control means,
+and where every domain value comes from (a list of sources, the first with a value wins), read
+through a transform from a fixed registry. It may extend a base profile (``extends: default``):
+the base's keys are deep-merged under its own. It carries its code tables, station selection
+rules and identifier policy. A bad file is refused at load with its file name, line and key;
+nothing in a profile is code.
+
+:class:`ProfileSet` is the folder of profiles (RIS_MAPPINGS_DIR): it chooses the profile of a
+message by its sender, and picks up changed files without a restart; a file that no longer
+loads is refused and the last good version of its profile stays active.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from app.vocabulary import MODALITIES
 from mappings.paths import FieldPath, PathError
 from mappings.transforms import TRANSFORMS
 
+log = logging.getLogger("mappings.profile")
+
 VISIT_ACTIONS = {"admit", "register", "preadmit", "transfer", "discharge", "update", "change_class", "cancel_admit",
-                 "cancel_transfer", "cancel_discharge"}
+                 "cancel_transfer", "cancel_discharge", "arrive"}
 APPOINTMENT_ACTIONS = {"book_appointment": "book", "modify_appointment": "modify", "cancel_appointment": "cancel",
                        "noshow_appointment": "noshow"}
 ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", "report", *VISIT_ACTIONS,
@@ -31,7 +45,7 @@ OTHERWISE = {"received"}
 # Section -> the domain values it may define (the keys an analyst may use).
 SECTIONS: dict[str, set[str]] = {
     "patient": {"id", "issuer", "name", "birth_date", "sex"},
-    "visit": {"number", "patient_class", "location", "prior_location", "admitted_at", "discharged_at"},
+    "visit": {"number", "patient_class", "location", "prior_location", "admitted_at", "discharged_at", "arrived_at"},
     "merge": {"prior_id", "prior_issuer"},
     "appointment": {"placer_id", "filler_id", "placer_order_number", "filler_order_number", "start", "duration",
                     "duration_units", "resource", "location"},
@@ -43,10 +57,20 @@ SECTIONS: dict[str, set[str]] = {
     "step": {"sps_id", "modality", "station_aets", "station_name", "scheduled_start", "description",
              "performing_physician"},
 }
-TOP_LEVEL = {"name", "description", "messages", "order_controls", "status_changes", "accession_prefix",
-             "strict_structure", *SECTIONS}
-FIELD_KEYS = {"from", "as", "required", "otherwise"}
-SOURCE_KEYS = {"path", "regex"}
+# Keys that name a profile itself: never inherited from the base it extends.
+IDENTITY = {"name", "description", "senders", "extends"}
+TOP_LEVEL = {*IDENTITY, "messages", "order_controls", "status_changes", "accession_prefix", "uid_root", "timezone",
+             "strict_structure", "tables", "stations", "identifiers", *SECTIONS}
+FIELD_KEYS = {"from", "as", "required", "otherwise", "default"}
+SOURCE_KEYS = {"path", "regex", "table", "column", "missing", "concat", "separator"}
+MISSING = {"error", "skip"}
+RULE_KEYS = {"when", "aets", "name"}
+RULE_CRITERIA = {"modality", "procedure", "sender", "location"}
+POLICY_KEYS = {"field", "authorities", "types", "issuer", "otherwise"}
+POLICY_OTHERWISE = {"error", "first"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_COLUMN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 class ProfileError(ValueError):
@@ -57,11 +81,22 @@ class ProfileError(ValueError):
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {key}: {problem}")
 
+    def as_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "key": self.key, "problem": self.problem}
+
 
 @dataclass(frozen=True)
 class Source:
+    """Where one value may come from: a field (``path``), optionally narrowed by ``regex``, or
+    several fields joined (``concat``); optionally looked up in a code ``table`` (its ``column``)."""
+
     path: FieldPath
     regex: re.Pattern | None = None
+    table: str = ""
+    column: str = ""
+    missing: str = "error"              # a code not in the table: "error" (ACK AE) or "skip" (next source)
+    concat: tuple[FieldPath, ...] = ()
+    separator: str = " "
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,60 @@ class FieldSpec:
     transform: str = "text"
     required: bool = False
     otherwise: str | None = None
+    default: str | None = None    # the value when no source has one
+
+
+@dataclass(frozen=True)
+class Sender:
+    """MSH-3 / MSH-4 namespace ids a profile serves; an empty part matches any."""
+
+    application: str = ""
+    facility: str = ""
+
+    def matches(self, application: str, facility: str) -> bool:
+        return (not self.application or self.application == application) and \
+               (not self.facility or self.facility == facility)
+
+    @property
+    def specificity(self) -> int:
+        return bool(self.application) + bool(self.facility)
+
+    def __str__(self) -> str:
+        return f"{self.application or '*'}^{self.facility or '*'}"
+
+
+@dataclass(frozen=True)
+class StationRule:
+    """Scheduled station AE titles / station name for steps the message gives none for; a rule
+    applies when every criterion it names matches (a list: any of its values)."""
+
+    aets: tuple[str, ...]
+    name: str = ""
+    modality: tuple[str, ...] = ()
+    procedure: tuple[str, ...] = ()
+    sender: tuple[str, ...] = ()
+    location: tuple[str, ...] = ()
+
+    def matches(self, *, modality: str, procedure: str, sender: str, location: str) -> bool:
+        application = sender.split("^", 1)[0]
+        return ((not self.modality or modality in self.modality)
+                and (not self.procedure or procedure in self.procedure)
+                and (not self.sender or sender in self.sender or application in self.sender)
+                and (not self.location or location in self.location))
+
+
+@dataclass(frozen=True)
+class IdentifierPolicy:
+    """Which repetition of a CX field (PID-3, MRG-1) is the patient identifier (HL7 v2.5.1 chapter 2A, data type CX):
+    the first whose assigning authority (CX-4.1) is in ``authorities`` (in that order of
+    preference) and whose identifier type code (CX-5) is in ``types``; ``issuer`` is the Issuer of
+    Patient ID when the chosen repetition names no authority."""
+
+    field: FieldPath
+    authorities: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    issuer: str = ""
+    otherwise: str = "error"
 
 
 @dataclass(frozen=True)
@@ -78,13 +167,21 @@ class Profile:
     name: str
     description: str
     file: str
-    version: str                  # sha256 of the file content, first 12 hex digits
+    version: str                  # sha256 of the profile's files (its own, then its bases'), 12 hex digits
     messages: dict[str, str]
     order_controls: dict[str, str]
     status_changes: dict[str, str]
     fields: dict[str, FieldSpec]
     accession_prefix: str = "RIS"
     strict_structure: bool = False   # validate every message's structure with hl7apy (AR when invalid)
+    senders: tuple[Sender, ...] = ()
+    extends: str = ""
+    chain: tuple[str, ...] = ()      # the files it was resolved from, itself first
+    tables: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    stations: tuple[StationRule, ...] = ()
+    patient_identifier: IdentifierPolicy | None = None
+    uid_root: str = ""               # empty: RIS_UID_ROOT
+    timezone: str = ""               # zone of the sender's times without offset (empty: MSH-7's, else the site's)
 
     @property
     def label(self) -> str:
@@ -93,8 +190,28 @@ class Profile:
     def spec(self, key: str) -> FieldSpec | None:
         return self.fields.get(key)
 
+    def station_rule(self, **facts: str) -> StationRule | None:
+        return next((rule for rule in self.stations if rule.matches(**facts)), None)
 
-# Loading -------------------------------------------------------------------------------------
+
+# Reading YAML ---------------------------------------------------------------------------------
+@dataclass
+class Document:
+    """One profile file as written: its data and the line of every key."""
+
+    file: str
+    raw: bytes
+    data: dict
+    lines: dict          # key path (tuple) -> line number
+
+    @property
+    def name(self) -> str:
+        return self.data.get("name") if isinstance(self.data.get("name"), str) else ""
+
+    def error(self, path: tuple, problem: str) -> ProfileError:
+        return ProfileError(self.file, _line_of(self.lines, path), _key(path), problem)
+
+
 def _to_python(node, lines: dict, path: tuple):
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -108,16 +225,19 @@ def _to_python(node, lines: dict, path: tuple):
     return yaml.safe_load(yaml.serialize(node))
 
 
-def load_profile(file: Path | str) -> Profile:
-    file = Path(file)
-    try:
-        content = file.read_bytes()
-    except OSError as exc:
-        raise ProfileError(file.name, None, "(file)", f"cannot read: {exc.strerror or exc}") from None
-    return parse_profile(content, file.name)
+def _line_of(lines: dict, path: tuple):
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
 
 
-def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
+def _key(path: tuple) -> str:
+    return ".".join(str(p) for p in path) or "(top)"
+
+
+def read_document(content: bytes | str, file: str = "<profile>") -> Document:
+    """Parse one profile file's YAML (no validation yet beyond "a mapping of keys")."""
     raw = content.encode("utf-8") if isinstance(content, str) else content
     lines: dict = {}
     try:
@@ -127,28 +247,103 @@ def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
         raise ProfileError(file, line + 1 if line is not None else None, "(syntax)", str(exc).splitlines()[0]) from None
     if node is None or not isinstance(node, yaml.MappingNode):
         raise ProfileError(file, 1, "(top)", "a profile is a mapping of keys (name, messages, patient, ...)")
-    data = _to_python(node, lines, ())
+    return Document(file, raw, _to_python(node, lines, ()), lines)
+
+
+def load_document(file: Path | str) -> Document:
+    file = Path(file)
+    try:
+        content = file.read_bytes()
+    except OSError as exc:
+        raise ProfileError(file.name, None, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    return read_document(content, file.name)
+
+
+# Inheritance ----------------------------------------------------------------------------------
+def _merge(base: dict, child: dict, origins: dict, child_origins: dict, path: tuple = ()) -> dict:
+    """Deep merge: mappings merge key by key, anything else in the child replaces the base's value."""
+    out = dict(base)
+    for key, value in child.items():
+        here = path + (key,)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, child_origins, here)
+            origins[here] = child_origins.get(here, origins.get(here))
+        else:
+            for stale in [p for p in origins if p[:len(here)] == here]:
+                del origins[stale]
+            for p, where in child_origins.items():
+                if p[:len(here)] == here:
+                    origins[p] = where
+            out[key] = value
+    return out
+
+
+def resolve(doc: Document, documents: dict[str, Document]) -> tuple[dict, dict, list[Document]]:
+    """The profile ``doc`` with its bases merged in: (data, origins path -> (file, line), chain).
+
+    ``documents`` are the profiles of the folder by name. An unknown base or a cycle is refused.
+    """
+    chain, current = [doc], doc
+    while "extends" in current.data:
+        base_name = current.data["extends"]
+        if not isinstance(base_name, str) or not base_name:
+            raise current.error(("extends",), "the name of the base profile")
+        names = [d.name for d in chain]
+        if base_name in names:
+            cycle = " -> ".join(names[names.index(base_name):] + [base_name])
+            raise doc.error(("extends",), f"inheritance cycle: {cycle}")
+        base = documents.get(base_name)
+        if base is None:
+            raise current.error(("extends",), f"no base profile named {base_name!r} in the folder")
+        chain.append(base)
+        current = base
+    data: dict = {}
+    origins: dict = {}
+    for d in reversed(chain):
+        own = {k: v for k, v in d.data.items() if d is doc or k not in IDENTITY}
+        child_origins = {p: (d.file, line) for p, line in d.lines.items() if not p or p[0] in own}
+        data = _merge(data, own, origins, child_origins)
+    return data, origins, chain
+
+
+# Validation -----------------------------------------------------------------------------------
+def parse_profile(content: bytes | str, file: str = "<profile>",
+                  documents: dict[str, Document] | None = None) -> Profile:
+    """Load one profile from its text; ``documents`` (by name) resolve ``extends``."""
+    return build_profile(read_document(content, file), documents or {})
+
+
+def load_profile(file: Path | str, documents: dict[str, Document] | None = None) -> Profile:
+    return build_profile(load_document(file), documents or {})
+
+
+def build_profile(doc: Document, documents: dict[str, Document]) -> Profile:
+    for key in doc.data:
+        if key not in TOP_LEVEL:
+            raise doc.error((key,), f"unknown key (allowed: {', '.join(sorted(TOP_LEVEL))})")
+    name = doc.data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise doc.error(("name",), "a profile needs a name (letters, digits, '-', '_', '.')")
+    data, origins, chain = resolve(doc, documents)
 
     def fail(path: tuple, problem: str):
-        line = None
+        file, line = doc.file, None
         for n in range(len(path), -1, -1):
-            if path[:n] in lines:
-                line = lines[path[:n]]
+            if path[:n] in origins and origins[path[:n]] is not None:
+                file, line = origins[path[:n]]
                 break
-        raise ProfileError(file, line, ".".join(str(p) for p in path) or "(top)", problem)
+        raise ProfileError(file, line, _key(path), problem)
 
     for key in data:
         if key not in TOP_LEVEL:
             fail((key,), f"unknown key (allowed: {', '.join(sorted(TOP_LEVEL))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        fail(("name",), "a profile needs a name")
     messages = _string_table(data.get("messages", {}), ("messages",), ACTIONS, fail)
     for msg_type in messages:
         if not re.fullmatch(r"[A-Z0-9]{3}\^[A-Z0-9]{3}", msg_type):
             fail(("messages", msg_type), "message types are written CODE^EVENT, e.g. ORM^O01")
     controls = _string_table(data.get("order_controls", {}), ("order_controls",), ORDER_ACTIONS, fail)
     status_changes = _string_table(data.get("status_changes", {}), ("status_changes",), STATUS_ACTIONS, fail)
+    tables = _tables(data.get("tables", {}), fail)
 
     fields: dict[str, FieldSpec] = {}
     for section, allowed in SECTIONS.items():
@@ -158,17 +353,33 @@ def parse_profile(content: bytes | str, file: str = "<profile>") -> Profile:
         for key, spec in body.items():
             if key not in allowed:
                 fail((section, key), f"unknown value (allowed in {section}: {', '.join(sorted(allowed))})")
-            fields[f"{section}.{key}"] = _field_spec(f"{section}.{key}", spec, (section, key), fail)
+            fields[f"{section}.{key}"] = _field_spec(f"{section}.{key}", spec, (section, key), tables, fail)
     prefix = data.get("accession_prefix", "RIS")
     if not isinstance(prefix, str) or len(prefix) > 8:
         fail(("accession_prefix",), "a text of at most 8 characters")
+    uid_root = str(data.get("uid_root", "") or "")
+    if uid_root and (not _UID_ROOT.match(uid_root) or len(uid_root) > 40):
+        fail(("uid_root",), "a UID root: digits and dots (PS3.5 9.1), at most 40 characters")
+    zone = str(data.get("timezone", "") or "")
+    if zone:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            fail(("timezone",), f"{zone!r} is not an IANA time zone such as Europe/Berlin")
     strict = data.get("strict_structure", False)
     if not isinstance(strict, bool):
         fail(("strict_structure",), "true or false")
-    version = hashlib.sha256(raw).hexdigest()[:12]
-    return Profile(name=name, description=str(data.get("description", "")), file=file, version=version,
-                   messages=messages, order_controls=controls, status_changes=status_changes, fields=fields,
-                   accession_prefix=prefix, strict_structure=strict)
+    digest = hashlib.sha256()
+    for d in chain:
+        digest.update(d.raw)
+    return Profile(name=name, description=str(data.get("description", "")), file=doc.file,
+                   version=digest.hexdigest()[:12], messages=messages, order_controls=controls,
+                   status_changes=status_changes, fields=fields, accession_prefix=prefix, strict_structure=strict,
+                   senders=_senders(data.get("senders", []), fail), extends=str(data.get("extends", "") or ""),
+                   chain=tuple(d.file for d in chain), tables=tables,
+                   stations=_station_rules(data.get("stations", []), fail),
+                   patient_identifier=_identifier_policy(data.get("identifiers", {}), fail),
+                   uid_root=uid_root, timezone=zone)
 
 
 def _string_table(table, path, allowed_values, fail) -> dict[str, str]:
@@ -180,7 +391,74 @@ def _string_table(table, path, allowed_values, fail) -> dict[str, str]:
     return {str(k).strip(): str(v) for k, v in table.items()}
 
 
-def _field_spec(key: str, spec, path: tuple, fail) -> FieldSpec:
+def _texts(value, path, fail) -> tuple[str, ...]:
+    """One text or a list of texts."""
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, int)) or isinstance(item, bool) or not str(item).strip():
+            fail(path + ((i,) if isinstance(value, list) else ()), "a text or a list of texts")
+    return tuple(str(item).strip() for item in items)
+
+
+def _senders(raw, fail) -> tuple[Sender, ...]:
+    """``senders``: each 'APP^FACILITY', 'APP' (any facility), '^FACILITY', or {application, facility}."""
+    if not isinstance(raw, list):
+        raw = [raw]
+    out = []
+    for i, item in enumerate(raw):
+        path = ("senders", i)
+        if isinstance(item, dict):
+            for k in item:
+                if k not in ("application", "facility"):
+                    fail(path + (k,), "unknown key (allowed: application, facility)")
+            sender = Sender(str(item.get("application", "") or "").strip(), str(item.get("facility", "") or "").strip())
+        elif isinstance(item, str):
+            application, _, facility = item.partition("^")
+            sender = Sender(application.strip(), facility.strip())
+        else:
+            fail(path, "a sender is 'APPLICATION^FACILITY' (MSH-3^MSH-4) or {application: ..., facility: ...}")
+        if not sender.specificity:
+            fail(path, "name the sending application (MSH-3), the facility (MSH-4) or both")
+        out.append(sender)
+    return tuple(out)
+
+
+def _tables(raw, fail) -> dict[str, dict[str, dict[str, str]]]:
+    """``tables``: name -> {code: {column: value}} (or {code: value}: the column ``value``)."""
+    if not isinstance(raw, dict):
+        fail(("tables",), "a mapping of table names to {code: {column: value}}")
+    tables = {}
+    for name, rows in raw.items():
+        if not _COLUMN.match(name):
+            fail(("tables", name), "a table name is lower-case letters, digits and '_'")
+        if not isinstance(rows, dict) or not rows:
+            fail(("tables", name), "a mapping of codes to their values, e.g. CTHEAD: {modality: CT}")
+        table = {}
+        for code, row in rows.items():
+            path = ("tables", name, code)
+            if not isinstance(row, dict):
+                row = {"value": row}
+            values = {}
+            for column, value in row.items():
+                if not _COLUMN.match(column):
+                    fail(path + (column,), "a column name is lower-case letters, digits and '_'")
+                if isinstance(value, (dict, list)) or value is None:
+                    fail(path + (column,), "a single value")
+                text = str(value).strip()
+                if column == "modality" and text not in MODALITIES:
+                    fail(path + (column,), f"{text!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)")
+                if column == "duration":
+                    try:
+                        float(text)
+                    except ValueError:
+                        fail(path + (column,), "the duration in minutes, a number")
+                values[column] = text
+            table[str(code).strip()] = values
+        tables[name] = table
+    return tables
+
+
+def _field_spec(key: str, spec, path: tuple, tables: dict, fail) -> FieldSpec:
     if isinstance(spec, (str, list)):
         spec = {"from": spec}
     if not isinstance(spec, dict):
@@ -191,53 +469,312 @@ def _field_spec(key: str, spec, path: tuple, fail) -> FieldSpec:
     sources_raw = spec.get("from", [])
     if isinstance(sources_raw, (str, dict)):
         sources_raw = [sources_raw]
-    if not isinstance(sources_raw, list) or not sources_raw:
+    if not isinstance(sources_raw, list) or (not sources_raw and "default" not in spec):
         fail(path + ("from",), "list at least one field path")
-    sources = []
-    for i, item in enumerate(sources_raw):
-        spath = path + ("from", i)
-        if isinstance(item, str):
-            item = {"path": item}
-        if not isinstance(item, dict) or "path" not in item:
-            fail(spath, "a source is a field path like OBR-18 or {path: OBR-4.2, regex: '...'}")
-        for k in item:
-            if k not in SOURCE_KEYS:
-                fail(spath + (k,), f"unknown key (allowed: {', '.join(sorted(SOURCE_KEYS))})")
-        try:
-            fp = FieldPath.parse(str(item["path"]))
-        except PathError as exc:
-            fail(spath + ("path",), str(exc))
-        regex = None
-        if "regex" in item:
-            try:
-                regex = re.compile(str(item["regex"]))
-            except re.error as exc:
-                fail(spath + ("regex",), f"not a valid regular expression: {exc}")
-        sources.append(Source(fp, regex))
+    sources = tuple(_source(item, path + ("from", i), tables, fail) for i, item in enumerate(sources_raw))
     transform = spec.get("as", "text")
     if transform not in TRANSFORMS:
         fail(path + ("as",), f"unknown transform {transform!r} (known: {', '.join(sorted(TRANSFORMS))})")
+    if TRANSFORMS[transform][0] == "field" and any(s.table or s.concat or s.regex for s in sources):
+        fail(path + ("as",), f"{transform} reads the components of one field: no table, concat or regex")
     otherwise = spec.get("otherwise")
     if otherwise is not None and otherwise not in OTHERWISE:
         fail(path + ("otherwise",), f"{otherwise!r} is not one of {', '.join(sorted(OTHERWISE))}")
     required = spec.get("required", False)
     if not isinstance(required, bool):
         fail(path + ("required",), "true or false")
-    return FieldSpec(key=key, sources=tuple(sources), transform=transform, required=required, otherwise=otherwise)
+    default = spec.get("default")
+    if default is not None and (isinstance(default, (dict, list, bool))):
+        fail(path + ("default",), "a single value")
+    return FieldSpec(key=key, sources=sources, transform=transform, required=required, otherwise=otherwise,
+                     default=None if default is None else str(default))
 
 
+def _path(text, path: tuple, fail) -> FieldPath:
+    try:
+        return FieldPath.parse(str(text))
+    except PathError as exc:
+        fail(path, str(exc))
+
+
+def _source(item, spath: tuple, tables: dict, fail) -> Source:
+    if isinstance(item, str):
+        item = {"path": item}
+    if not isinstance(item, dict) or ("path" not in item and "concat" not in item):
+        fail(spath, "a source is a field path like OBR-18, {path: OBR-4.2, regex: '...'}, "
+                    "{path: OBR-4.1, table: procedures, column: modality} or {concat: [PID-3.1, PID-3.4]}")
+    for k in item:
+        if k not in SOURCE_KEYS:
+            fail(spath + (k,), f"unknown key (allowed: {', '.join(sorted(SOURCE_KEYS))})")
+    if "path" in item and "concat" in item:
+        fail(spath + ("concat",), "a source reads either one path or a concat of paths")
+    concat: tuple[FieldPath, ...] = ()
+    if "concat" in item:
+        parts = item["concat"]
+        if not isinstance(parts, list) or len(parts) < 2:
+            fail(spath + ("concat",), "a list of at least two field paths")
+        concat = tuple(_path(p, spath + ("concat", i), fail) for i, p in enumerate(parts))
+        if any(p.rep is None for p in concat):
+            fail(spath + ("concat",), "concat reads single values: no [*]")
+        fp = concat[0]
+    else:
+        fp = _path(item["path"], spath + ("path",), fail)
+    regex = None
+    if "regex" in item:
+        try:
+            regex = re.compile(str(item["regex"]))
+        except re.error as exc:
+            fail(spath + ("regex",), f"not a valid regular expression: {exc}")
+    table, column = str(item.get("table", "") or ""), str(item.get("column", "") or "")
+    if column and not table:
+        fail(spath + ("column",), "a column belongs to a table: add table: NAME")
+    if table:
+        if table not in tables:
+            known = ", ".join(sorted(tables)) or "none"
+            fail(spath + ("table",), f"no table {table!r} in this profile (tables: {known})")
+        column = column or "value"
+        if not any(column in row for row in tables[table].values()):
+            columns = sorted({c for row in tables[table].values() for c in row})
+            fail(spath + ("column",), f"table {table!r} has no column {column!r} (columns: {', '.join(columns)})")
+        if fp.rep is None:
+            fail(spath + ("path",), "a table looks up one code: no [*]")
+    missing = item.get("missing", "error")
+    if missing not in MISSING:
+        fail(spath + ("missing",), f"{missing!r} is not one of {', '.join(sorted(MISSING))}")
+    separator = item.get("separator", " ")
+    if not isinstance(separator, str):
+        fail(spath + ("separator",), "a text")
+    return Source(fp, regex, table, column, missing, concat, separator)
+
+
+def _station_rules(raw, fail) -> tuple[StationRule, ...]:
+    if not isinstance(raw, list):
+        fail(("stations",), "a list of rules: - {when: {modality: CT}, aets: [CT_ROOM1], name: CT1}")
+    rules = []
+    for i, rule in enumerate(raw):
+        path = ("stations", i)
+        if not isinstance(rule, dict):
+            fail(path, "a rule is {when: {...}, aets: [...], name: ...}")
+        for k in rule:
+            if k not in RULE_KEYS:
+                fail(path + (k,), f"unknown key (allowed: {', '.join(sorted(RULE_KEYS))})")
+        when = rule.get("when", {})
+        if not isinstance(when, dict):
+            fail(path + ("when",), f"a mapping of criteria ({', '.join(sorted(RULE_CRITERIA))})")
+        for k in when:
+            if k not in RULE_CRITERIA:
+                fail(path + ("when", k), f"unknown criterion (allowed: {', '.join(sorted(RULE_CRITERIA))})")
+        criteria = {k: _texts(v, path + ("when", k), fail) for k, v in when.items()}
+        for modality in criteria.get("modality", ()):
+            if modality not in MODALITIES:
+                fail(path + ("when", "modality"), f"{modality!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)")
+        aets = _texts(rule["aets"], path + ("aets",), fail) if "aets" in rule else ()
+        for aet in aets:
+            if len(aet) > 16 or "\\" in aet:
+                fail(path + ("aets",), f"{aet!r} is not an AE title (at most 16 characters, PS3.5 6.2)")
+        name = str(rule.get("name", "") or "")
+        if not aets and not name:
+            fail(path, "a rule gives aets, a station name or both")
+        rules.append(StationRule(aets=aets, name=name, **criteria))
+    return tuple(rules)
+
+
+def _identifier_policy(raw, fail) -> IdentifierPolicy | None:
+    if not isinstance(raw, dict):
+        fail(("identifiers",), "a mapping: identifiers: {patient: {authorities: [...]}}")
+    for k in raw:
+        if k != "patient":
+            fail(("identifiers", k), "unknown key (allowed: patient)")
+    policy = raw.get("patient")
+    if policy is None:
+        return None
+    path = ("identifiers", "patient")
+    if not isinstance(policy, dict):
+        fail(path, f"a mapping ({', '.join(sorted(POLICY_KEYS))})")
+    for k in policy:
+        if k not in POLICY_KEYS:
+            fail(path + (k,), f"unknown key (allowed: {', '.join(sorted(POLICY_KEYS))})")
+    fp = _path(policy.get("field", "PID-3"), path + ("field",), fail)
+    if fp.text.count(".") or "[" in fp.text:
+        fail(path + ("field",), "the whole CX field, e.g. PID-3 (its repetitions are searched)")
+    authorities = _texts(policy["authorities"], path + ("authorities",), fail) if "authorities" in policy else ()
+    types = _texts(policy["types"], path + ("types",), fail) if "types" in policy else ()
+    if not authorities and not types:
+        fail(path, "give authorities (CX-4.1), types (CX-5) or both")
+    otherwise = policy.get("otherwise", "error")
+    if otherwise not in POLICY_OTHERWISE:
+        fail(path + ("otherwise",), f"{otherwise!r} is not one of {', '.join(sorted(POLICY_OTHERWISE))}")
+    return IdentifierPolicy(fp, authorities, types, str(policy.get("issuer", "") or "").strip(), otherwise)
+
+
+# The folder -----------------------------------------------------------------------------------
 class ProfileSet:
-    """The profiles of a mapping folder, by name; ``get(name)`` returns the active one."""
+    """The profiles of a mapping folder (``*.yaml``), by name, and which one serves a sender.
 
-    def __init__(self, folder: Path | str):
+    ``default`` names the profile for senders no profile claims (RIS_MAPPING_PROFILE). The folder
+    is re-read when a file changes (checked at most every ``check_interval`` seconds, on use); a
+    file that no longer loads is refused (logged, listed in ``problems``) and the last good version
+    of its profile stays active. ``strict`` raises the first problem instead (tests, tools).
+    """
+
+    def __init__(self, folder: Path | str, default: str | None = None, *, check_interval: float = 1.0,
+                 strict: bool = True):
         self.folder = Path(folder)
+        self.default = default
+        self.check_interval = check_interval
         self.profiles: dict[str, Profile] = {}
-        for file in sorted(self.folder.glob("*.yaml")):
-            profile = load_profile(file)
-            self.profiles[profile.name] = profile
+        self.problems: list[ProfileError] = []
+        self._signature: tuple = ()
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.reload()
+        if strict and self.problems:
+            raise self.problems[0]
 
+    # Loading ---------------------------------------------------------------------------------
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.yaml"))
+
+    def _stat(self) -> tuple:
+        out = []
+        for file in self._files():
+            try:
+                st = file.stat()
+            except OSError:
+                continue
+            out.append((file.name, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def reload(self) -> list[ProfileError]:
+        """Read the folder again; returns (and keeps in ``problems``) what was refused."""
+        with self._lock:
+            signature = self._stat()
+            profiles, problems, refused = self._load_all()
+            for old in self.profiles.values():
+                if old.name not in profiles and old.file in refused and (self.folder / old.file).exists():
+                    profiles[old.name] = old
+                    log.error("mapping profile %s refused; %s stays active", old.file, old.label)
+            for name, profile in profiles.items():
+                old = self.profiles.get(name)
+                if old is None or old.version != profile.version:
+                    log.info("mapping profile %s loaded from %s", profile.label, profile.file)
+            for problem in problems:
+                log.error("mapping profile refused: %s", problem)
+            self.profiles, self.problems = profiles, problems
+            self._signature, self._checked = signature, time.monotonic()
+            return problems
+
+    def _load_all(self) -> tuple[dict[str, Profile], list[ProfileError], set[str]]:
+        """(profiles by name, problems, names of the files refused)."""
+        documents: dict[str, Document] = {}
+        problems: list[ProfileError] = []
+        refused: set[str] = set()
+        order: list[Document] = []
+        for file in self._files():
+            try:
+                doc = load_document(file)
+            except ProfileError as exc:
+                problems.append(exc)
+                refused.add(file.name)
+                continue
+            if doc.name in documents:
+                problems.append(doc.error(("name",), f"profile name {doc.name!r} is also used by "
+                                                      f"{documents[doc.name].file}"))
+                refused.add(doc.file)
+                continue
+            if doc.name:
+                documents[doc.name] = doc
+            order.append(doc)
+        profiles: dict[str, Profile] = {}
+        for doc in order:
+            try:
+                profiles[doc.name] = build_profile(doc, documents)
+            except ProfileError as exc:
+                problems.append(exc)
+                refused.add(doc.file)
+        problems.extend(self._sender_conflicts(profiles))
+        if self.default and self.default not in documents:
+            problems.append(ProfileError(self.folder.name or str(self.folder), None, "RIS_MAPPING_PROFILE",
+                                         f"no profile named {self.default!r} (the profile for other senders)"))
+        return profiles, problems, refused
+
+    @staticmethod
+    def _sender_conflicts(profiles: dict[str, Profile]) -> list[ProfileError]:
+        seen: dict[Sender, str] = {}
+        problems = []
+        for profile in profiles.values():
+            for sender in profile.senders:
+                other = seen.setdefault(sender, profile.name)
+                if other != profile.name:
+                    problems.append(ProfileError(profile.file, None, "senders",
+                                                 f"sender {sender} is also claimed by profile {other!r}"))
+        return problems
+
+    def refresh(self) -> None:
+        """Reload when a file changed since the last look (at most every ``check_interval`` s)."""
+        if time.monotonic() - self._checked < self.check_interval:
+            return
+        signature = self._stat()
+        self._checked = time.monotonic()
+        if signature != self._signature:
+            self.reload()
+
+    # Use -------------------------------------------------------------------------------------
     def get(self, name: str) -> Profile:
+        self.refresh()
         try:
             return self.profiles[name]
         except KeyError:
             raise ProfileError(name, None, "name", f"no profile named {name!r} in {self.folder}") from None
+
+    def for_sender(self, application: str, facility: str) -> Profile:
+        """The profile that serves MSH-3 ``application`` / MSH-4 ``facility``: the one whose
+        sender entry matches most specifically (application and facility before either alone),
+        else the default."""
+        self.refresh()
+        best, score = None, 0
+        for profile in self.profiles.values():
+            for sender in profile.senders:
+                if sender.matches(application, facility) and sender.specificity > score:
+                    best, score = profile, sender.specificity
+        return best or self.get(self.default)
+
+    def describe(self) -> dict:
+        """What is loaded and what was refused (for GET /api/mappings and ``ris mapping check``)."""
+        self.refresh()
+        return {
+            "folder": str(self.folder),
+            "default": self.default,
+            "valid": not self.problems,
+            "profiles": [summary(p, self.default) for p in sorted(self.profiles.values(), key=lambda p: p.name)],
+            "problems": [e.as_dict() for e in self.problems],
+        }
+
+
+def summary(profile: Profile, default: str | None) -> dict:
+    """A profile as the analyst tools list it: name, version, files, senders, tables."""
+    return {"name": profile.name, "version": profile.version, "file": profile.file,
+            "extends": profile.extends or None, "files": list(profile.chain),
+            "senders": [str(s) for s in profile.senders], "default": profile.name == default,
+            "description": profile.description,
+            "tables": {name: len(rows) for name, rows in profile.tables.items()}}
+
+
+class SingleProfile:
+    """One profile for every sender (the intake's shape when given a Profile)."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.default = profile.name
+
+    def get(self, name: str) -> Profile:
+        if name != self.profile.name:
+            raise ProfileError(name, None, "name", f"no profile named {name!r} (only {self.profile.name!r})")
+        return self.profile
+
+    def for_sender(self, application: str, facility: str) -> Profile:
+        return self.profile
+
+    def describe(self) -> dict:
+        return {"folder": "", "default": self.default, "valid": True, "problems": [],
+                "profiles": [summary(self.profile, self.default)]}

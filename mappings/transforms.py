@@ -1,5 +1,8 @@
 """The fixed registry of transforms a profile may name with ``as:``.
 
+The registry is closed: an analyst combines these with the source options of a profile (``regex``
+extract, ``table`` lookup, ``concat``) and a field's ``default``; nothing else runs.
+
 A transform reads one HL7 field (through the message view and a path) and returns the domain
 value. Leaf transforms work on the field's text; structured ones (person names) read the
 components themselves. Values that cannot be read are reported as warnings and give no value,
@@ -113,6 +116,7 @@ def sex(value: str, ctx: Context) -> str:
 # name -> (kind, function); "leaf" functions take the text, "field" functions read the components.
 TRANSFORMS: dict[str, tuple[str, Callable]] = {
     "text": ("leaf", text),
+    "trim": ("leaf", text),        # the same: every text is trimmed
     "upper": ("leaf", upper),
     "date": ("leaf", date),
     "datetime": ("leaf", datetime_),

@@ -118,13 +118,17 @@ def message_view(msg: InboundMessage, *, with_raw: bool = False) -> dict:
         view["changes"] = msg.changes or []
         view["raw"] = msg.raw.decode(msg.charset or "latin-1", errors="replace")
         view["ack"] = msg.ack.decode(msg.charset or "latin-1", errors="replace") if msg.ack else None
+        if msg.reply is not None:  # enhanced mode: what was answered on the connection instead ("": nothing)
+            view["reply"] = msg.reply.decode(msg.charset or "latin-1", errors="replace")
     return view
 
 
 def message_query(*, control_id: str = "", status: str = "", message_type: str = "", patient_id: str = "",
-                  accession: str = "", since=None, until=None):
+                  accession: str = "", since=None, until=None, transport: str = ""):
     """Messages matching every given criterion (the analyst's search), newest first."""
     q = select(InboundMessage)
+    if transport:
+        q = q.where(InboundMessage.transport == transport)
     if control_id:
         q = q.where(InboundMessage.control_id == control_id)
     if status:

@@ -125,7 +125,8 @@ def like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def _text_clause(column, key: Text | None, *, case_insensitive: bool = False):
+def text_clause(column, key: Text | None, *, case_insensitive: bool = False):
+    """The WHERE clause of a single value or wildcard key (PS3.4 C.2.2.2.1, C.2.2.2.4); None if universal."""
     if key is None or key.value == "" or key.is_universal:
         return None
     col = func.lower(column) if case_insensitive else column
@@ -188,10 +189,10 @@ def build_query(session: Session, q: WorklistQuery) -> Select:
         (ProcedureStep.sps_id, q.sps_id, False),
         (RequestedProcedure.requested_procedure_id, q.requested_procedure_id, False),
     ):
-        clause = _text_clause(column, key, case_insensitive=ci)
+        clause = text_clause(column, key, case_insensitive=ci)
         if clause is not None:
             clauses.append(clause)
-    station = _text_clause(StepStation.ae_title, q.station_aet)
+    station = text_clause(StepStation.ae_title, q.station_aet)
     if station is not None:
         # Multi-valued attribute: the step matches if any of its station AE titles matches.
         clauses.append(ProcedureStep.id.in_(select(StepStation.step_fk).where(station)))

@@ -22,7 +22,7 @@ def apply_command(session: Session, command, cause: Cause, *, uid_root: str, acc
     if isinstance(command, RecordReport):
         return record_report(session, command)
     if isinstance(command, RecordVisit):
-        return record_visit(session, command)
+        return record_visit(session, command, cause)
     if isinstance(command, MergePatient):
         return merge_patient(session, command)
     if isinstance(command, ChangePatientId):

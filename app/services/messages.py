@@ -3,7 +3,7 @@
 :func:`store_received` runs in its own unit of work, committed before the message is applied
 or acknowledged, so nothing acknowledged can be lost. :func:`find_original` implements the
 duplicate rule: a message with the same sender, control id and content (digest of the bytes) as
-one already answered gets that answer again and changes nothing. A reused control id with
+one already applied or refused gets that answer again and changes nothing; one answered AE is applied again. A reused control id with
 different content is a different message and is processed (BUG-28, corpus adt_a04_v23_mirth_lf).
 """
 
@@ -17,7 +17,11 @@ from sqlalchemy.orm import Session
 
 from app.models import InboundMessage, MessageStatus, utcnow
 
-ANSWERED = (MessageStatus.PROCESSED, MessageStatus.ERROR, MessageStatus.REJECTED)
+# What a resend gets again instead of being applied: the answer of a message that was applied (AA) or refused
+# for what it is (AR). A message answered AE changed nothing and may succeed now (the order it cancels has
+# arrived meanwhile, a table was fixed): resending it applies it again (HL7 v2.5.1 2.9.2: AE asks the sender to
+# correct or resend).
+FINAL = (MessageStatus.PROCESSED, MessageStatus.REJECTED)
 
 
 def digest(raw: bytes) -> str:
@@ -41,7 +45,7 @@ def find_original(session: Session, msg: InboundMessage, since: dt.datetime | No
     q = (select(InboundMessage)
          .where(InboundMessage.sender == msg.sender, InboundMessage.control_id == msg.control_id,
                 InboundMessage.digest == msg.digest, InboundMessage.id != msg.id,
-                InboundMessage.status.in_(ANSWERED)))
+                InboundMessage.status.in_(FINAL)))
     if since is not None:
         q = q.where(InboundMessage.received_at >= since)
     return session.scalars(q.order_by(InboundMessage.id)).first()

@@ -13,15 +13,19 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.services import lifecycle, scheduling
+
 from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Order, OrderStatus, ProcedureStep, RequestedProcedure, StepStation, StepStatus
+from app.models import Order, OrderStatus, ProcedureState, ProcedureStep, RequestedProcedure, StepStation, StepStatus
+from app.services.archive import link_waiting_studies
+from app.services.outbox import order_status_changed
 from app.services.patients import register_patient
 from app.uids import derived_uid
 from app.validation import clip, identifier, uid
 from app.vocabulary import MODALITIES
 
-OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.HELD, StepStatus.ARRIVED, StepStatus.READY)
+OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.HELD, StepStatus.ARRIVED, StepStatus.READY, StepStatus.UNSCHEDULED)
 
 
 def find_order(session: Session, ref: OrderRef) -> Order | None:
@@ -81,7 +85,9 @@ def place_order(session: Session, command: PlaceOrder, cause: Cause, *, uid_root
         order.accession_number = f"{accession_prefix}{order.id:08d}"[:16]
     for proc in data.procedures:
         order.procedures.append(_new_procedure(order, proc, uid_root))
+    _start_lifecycles(session, order.procedures, cause)
     session.flush()
+    link_waiting_studies(session, order)   # images that arrived before their order
     return order
 
 
@@ -101,10 +107,12 @@ def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_ro
     patient, _ = register_patient(session, command.patient)
     order.patient = patient
     _write_order_fields(order, data)
+    added = []
     for index, proc_data in enumerate(data.procedures):
         proc = _match_procedure(order, proc_data, index)
         if proc is None:
-            order.procedures.append(_new_procedure(order, proc_data, uid_root))
+            added.append(_new_procedure(order, proc_data, uid_root))
+            order.procedures.append(added[-1])
             continue
         proc.code_value, proc.code_scheme = clip(proc_data.code_value, 64), clip(proc_data.code_scheme, 64)
         proc.code_meaning, proc.description = clip(proc_data.code_meaning, 128), clip(proc_data.description, 64)
@@ -113,8 +121,10 @@ def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_ro
             step = _match_step(proc, step_data.sps_id, step_index)
             if step is None:
                 proc.steps.append(_new_step(step_data, order.accession_number))
+                _schedule_open_steps(session, proc, cause)
             elif step.status in OPEN_STEP_STATUSES:
                 _write_step_fields(step, step_data)
+    _start_lifecycles(session, added, cause)
     session.flush()
     return order
 
@@ -126,14 +136,24 @@ def cancel_order(session: Session, command: CancelOrder, cause: Cause) -> Order:
         raise NotFound(f"unknown order: {command.ref.describe()}", location="order.placer_order_number")
     if order.status == OrderStatus.COMPLETED:
         raise Conflict(f"order {order.accession_number} is already COMPLETED", location="order.control")
+    previous = order.status
+    target = ProcedureState.DISCONTINUED if command.discontinue else ProcedureState.CANCELLED
+    ending = [p for p in order.procedures if p.state not in lifecycle.PERFORMED | lifecycle.CLOSED]
+    verb = "discontinue" if command.discontinue else "cancel"
+    lifecycle.check_all(ending, target, action=f"{verb} it (send DC to stop a procedure in progress)"
+                        if not command.discontinue else f"{verb} it")
     order.status = OrderStatus.DISCONTINUED if command.discontinue else OrderStatus.CANCELLED
     final = StepStatus.DISCONTINUED if command.discontinue else StepStatus.CANCELLED
     for proc in order.procedures:
         for step in proc.steps:
             if step.status not in (StepStatus.COMPLETED, StepStatus.DISCONTINUED):
                 step.status = final
+    for proc in ending:
+        lifecycle.transition(session, proc, target, cause)
+    scheduling.release_bookings(session, order)
     if command.reason:
         order.reason = command.reason
+    order_status_changed(session, order, previous, cause)
     session.flush()
     return order
 
@@ -143,6 +163,7 @@ def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
     order = find_order(session, command.ref)
     if order is None:
         raise NotFound(f"unknown order: {command.ref.describe()}", location="order.placer_order_number")
+    previous = order.status
     if command.release:
         if order.status is not OrderStatus.HELD:
             raise Conflict(f"order {order.accession_number} is {order.status.value}, not on hold", location="order.control")
@@ -156,6 +177,7 @@ def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
         for step in proc.steps:
             if step.status is before:
                 step.status = after
+    order_status_changed(session, order, previous, cause)
     session.flush()
     return order
 
@@ -174,6 +196,22 @@ def apply_order_command(session: Session, command, cause: Cause, *, uid_root: st
 
 
 # Helpers -------------------------------------------------------------------------------------
+def _start_lifecycles(session: Session, procedures, cause: Cause) -> None:
+    """A new procedure is ORDERED, then SCHEDULED once each step has a time (IHE RAD TF-2 4.4 RAD-4: the
+    Department System Scheduler schedules what the placer ordered); a step that came without a time gets the
+    next free slot of a resource that fits (app.services.scheduling)."""
+    for proc in procedures:
+        lifecycle.begin(session, proc, cause)
+        _schedule_open_steps(session, proc, cause)
+        lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+
+
+def _schedule_open_steps(session: Session, proc: RequestedProcedure, cause: Cause) -> None:
+    for step in proc.steps:
+        if step.scheduled_start is None:
+            scheduling.book_next_free(session, step, cause)
+
+
 def _check_order(data: OrderData) -> None:
     """Refuse identifiers that cannot be used as keys.
 
@@ -195,8 +233,6 @@ def _check_order(data: OrderData) -> None:
                                    location="step.modality")
             for aet in step.station_aets:
                 identifier(aet, 64, "step.station_aets")
-            if step.scheduled_start is None:
-                raise InvalidInput("scheduled start time missing", location="step.scheduled_start", missing=True)
 
 
 def _write_order_fields(order: Order, data: OrderData) -> None:
@@ -235,7 +271,8 @@ def _write_step_fields(step: ProcedureStep, data) -> None:
         raise InvalidInput("modality missing: not an imaging order the worklist can offer",
                            location="step.modality", missing=True)
     step.modality = data.modality
-    step.scheduled_start = data.scheduled_start
+    if data.scheduled_start is not None:   # none: the scheduler books a slot (new step) or the time stays
+        step.scheduled_start = data.scheduled_start
     step.station_name = clip(data.station_name, 16)
     step.description = clip(data.description, 64)
     step.performing_physician = clip(data.performing_physician, 324)

@@ -4,18 +4,29 @@ N-CREATE starts a Performed Procedure Step "IN PROGRESS" (PS3.4 F.7.2.1.1: any o
 status is refused); N-SET moves it to "COMPLETED" or "DISCONTINUED", after which it may no longer
 be changed (F.7.2.2.2). The scheduled step it performs is found by its SPS ID (with the accession
 number when given), else by accession number, else by Study Instance UID; the step, and the order
-when all its steps are done, follow the performed step's status.
+when all its steps are done, follow the performed step's status. Each change of the order's status
+is reported to the HIS through the outbox (IHE RAD-3), in the same transaction.
+
+The requested procedure follows too (app.services.lifecycle): the first performed step puts it
+IN_PROGRESS; when all its steps are final it is COMPLETED (at least one completed) or DISCONTINUED.
+A performed step for a procedure that was cancelled or discontinued is refused (Conflict naming its
+state); nothing of the MPPS is kept. :func:`patient_arrived` applies ADT^A10 (HL7 v2.5.1 3.3.10,
+"patient arriving - tracking"): the patient's procedures scheduled on the day of arrival are ARRIVED.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.commands import PerformedStepData
+from app.commands import Cause, PerformedStepData
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (Order, OrderStatus, PerformedStatus, PerformedStep, ProcedureStep, RequestedProcedure,
-                        StepStatus)
+from app.models import (Order, OrderStatus, PerformedStatus, PerformedStep, Patient, ProcedureState, ProcedureStep,
+                        RequestedProcedure, StepStatus)
+from app.services import lifecycle
+from app.services.outbox import order_status_changed
 
 FINAL_STEP = (StepStatus.COMPLETED, StepStatus.DISCONTINUED, StepStatus.CANCELLED)
 
@@ -62,17 +73,25 @@ def start_performed_step(session: Session, data: PerformedStepData) -> Performed
         raise Conflict(f"performed procedure step {data.sop_instance_uid} already exists",
                        location="performed.sop_instance_uid")
     step = find_scheduled_step(session, data)
+    cause = _cause(data)
+    proc = step.procedure if step is not None else None
+    starts_proc = proc is not None and proc.state not in (ProcedureState.IN_PROGRESS, *lifecycle.PERFORMED)
+    if starts_proc:
+        lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="start it (MPPS IN PROGRESS)")
     performed = PerformedStep(
         sop_instance_uid=data.sop_instance_uid, status=status, step=step, station_aet=data.station_aet,
         modality=data.modality, study_instance_uid=data.study_instance_uid,
         accession_number=data.accession_number, started_at=data.started_at,
     )
     session.add(performed)
+    if starts_proc:
+        lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause)
     if step is not None and step.status not in FINAL_STEP:
         step.status = StepStatus.IN_PROGRESS
         order = step.procedure.order
         if order.status == OrderStatus.SCHEDULED:
             order.status = OrderStatus.IN_PROGRESS
+            order_status_changed(session, order, OrderStatus.SCHEDULED, cause, step=step)
     session.flush()
     return performed
 
@@ -88,15 +107,53 @@ def update_performed_step(session: Session, data: PerformedStepData) -> Performe
         raise Conflict(f"performed procedure step {data.sop_instance_uid} is {performed.status.value} and may no "
                        "longer be updated", location="performed.status")
     new_status = _status(data.status) if data.status else performed.status
+    step = performed.step
+    proc = step.procedure if step is not None else None
+    ends = new_status is not PerformedStatus.IN_PROGRESS
+    if ends and proc is not None and proc.state in lifecycle.CLOSED - {ProcedureState.FINAL}:
+        doing = "complete" if new_status is PerformedStatus.COMPLETED else "discontinue"
+        lifecycle.check(proc, ProcedureState.COMPLETED, action=f"{doing} it (MPPS {new_status.value})")
     performed.status = new_status
     if data.ended_at is not None:
         performed.ended_at = data.ended_at
-    step = performed.step
-    if step is not None and new_status is not PerformedStatus.IN_PROGRESS and step.status not in FINAL_STEP:
+    if step is not None and ends and step.status not in FINAL_STEP:
         step.status = StepStatus.COMPLETED if new_status is PerformedStatus.COMPLETED else StepStatus.DISCONTINUED
-        _settle_order(step.procedure.order)
+        _settle_procedure(session, proc, _cause(performed))
+        order = step.procedure.order
+        previous = order.status
+        _settle_order(order)
+        order_status_changed(session, order, previous, _cause(performed), step=step)
     session.flush()
     return performed
+
+
+def _settle_procedure(session: Session, proc: RequestedProcedure, cause: Cause) -> None:
+    """A procedure IN_PROGRESS whose steps are all final is COMPLETED (any step completed) or DISCONTINUED."""
+    if proc.state is not ProcedureState.IN_PROGRESS or not all(s.status in FINAL_STEP for s in proc.steps):
+        return
+    done = any(s.status is StepStatus.COMPLETED for s in proc.steps)
+    lifecycle.transition(session, proc, ProcedureState.COMPLETED if done else ProcedureState.DISCONTINUED, cause)
+
+
+def patient_arrived(session: Session, patient: Patient, at: dt.datetime | None, cause: Cause) -> list[RequestedProcedure]:
+    """ADT^A10 (HL7 v2.5.1 3.3.10): the patient's SCHEDULED procedures with a step on the arrival day (site-local
+    ``at``; its date) become ARRIVED, their scheduled steps too (still offered in the worklist). Returns them."""
+    if at is None:
+        return []
+    day = dt.datetime.combine(at.date(), dt.time())
+    procs = session.scalars(
+        select(RequestedProcedure).join(RequestedProcedure.order).join(RequestedProcedure.steps)
+        .where(Order.patient_fk == patient.id, RequestedProcedure.state == ProcedureState.SCHEDULED,
+               ProcedureStep.status == StepStatus.SCHEDULED, ProcedureStep.scheduled_start >= day,
+               ProcedureStep.scheduled_start < day + dt.timedelta(days=1))
+        .order_by(RequestedProcedure.id).distinct()).all()
+    for proc in procs:
+        lifecycle.transition(session, proc, ProcedureState.ARRIVED, cause, note=f"arrived {at:%Y-%m-%d %H:%M}")
+        for step in proc.steps:
+            if step.status is StepStatus.SCHEDULED:
+                step.status = StepStatus.ARRIVED
+    session.flush()
+    return list(procs)
 
 
 def _settle_order(order: Order) -> None:
@@ -105,3 +162,8 @@ def _settle_order(order: Order) -> None:
     if steps and all(s.status in FINAL_STEP for s in steps) and order.status is OrderStatus.IN_PROGRESS:
         done = any(s.status is StepStatus.COMPLETED for s in steps)
         order.status = OrderStatus.COMPLETED if done else OrderStatus.DISCONTINUED
+
+
+def _cause(performed: PerformedStep | PerformedStepData) -> Cause:
+    """The cause recorded with what an MPPS changes: the performed step's SOP Instance UID and station."""
+    return Cause("mpps", reference=performed.sop_instance_uid, sender=performed.station_aet)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.commands import RecordVisit
+from app.commands import Cause, RecordVisit
 from app.errors import InvalidInput, NotFound
 from app.models import Patient, Visit, VisitStatus
 from app.services.patients import register_patient
+from app.services.tracking import patient_arrived
 from app.validation import clip, identifier
 
 _OPENING = {"admit": VisitStatus.ADMITTED, "register": VisitStatus.ADMITTED, "preadmit": VisitStatus.PREADMITTED}
@@ -26,9 +27,12 @@ def find_visit(session: Session, patient: Patient, visit_number: str) -> Visit |
     ).first()
 
 
-def record_visit(session: Session, command: RecordVisit) -> Patient:
+def record_visit(session: Session, command: RecordVisit, cause: Cause | None = None) -> Patient:
+    """Apply one ADT visit event; A10 "arrive" also marks the patient's procedures of that day ARRIVED."""
     patient, _ = register_patient(session, command.patient)
     data, event = command.visit, command.event
+    if event == "arrive":
+        patient_arrived(session, patient, data.arrived_at, cause or Cause("hl7"))
     if not data.visit_number:
         if event in _CANCELS:
             raise InvalidInput(f"{event.replace('_', ' ')} needs the visit number", location="visit.number",

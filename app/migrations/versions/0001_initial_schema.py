@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:16:17.742006
+Create Date: 2026-12-03 22:27:20.210588
 """
 from alembic import op
 import sqlalchemy as sa
@@ -15,6 +15,34 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('audit_events',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.Column('username', sa.String(length=64), nullable=False),
+    sa.Column('role', sa.String(length=24), nullable=False),
+    sa.Column('action', sa.String(length=32), nullable=False),
+    sa.Column('entity', sa.String(length=32), nullable=False),
+    sa.Column('entity_id', sa.String(length=64), nullable=False),
+    sa.Column('patient_key', sa.String(length=64), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=False),
+    sa.Column('source', sa.String(length=128), nullable=False),
+    sa.Column('channel', sa.String(length=16), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_at', ['at'], unique=False)
+        batch_op.create_index('ix_audit_patient', ['patient_key', 'at'], unique=False)
+        batch_op.create_index('ix_audit_user', ['username', 'at'], unique=False)
+
+    op.create_table('daily_statistics',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('figures', sa.JSON(), nullable=False),
+    sa.Column('computed_by', sa.String(length=128), nullable=False),
+    sa.Column('computed_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('day')
+    )
     op.create_table('inbound_messages',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('received_at', sa.DateTime(), nullable=False),
@@ -30,6 +58,7 @@ def upgrade() -> None:
     sa.Column('status', sa.Enum('RECEIVED', 'PROCESSED', 'ERROR', 'REJECTED', 'DUPLICATE', name='messagestatus', native_enum=False, length=24), nullable=False),
     sa.Column('ack_code', sa.String(length=2), nullable=False),
     sa.Column('ack', sa.LargeBinary(), nullable=True),
+    sa.Column('reply', sa.LargeBinary(), nullable=True),
     sa.Column('error', sa.Text(), nullable=False),
     sa.Column('warnings', sa.Text(), nullable=False),
     sa.Column('profile', sa.String(length=128), nullable=False),
@@ -59,6 +88,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=324), nullable=False),
     sa.Column('birth_date', sa.Date(), nullable=True),
     sa.Column('sex', sa.String(length=16), nullable=False),
+    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
     sa.Column('merged_into_fk', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
@@ -69,6 +99,64 @@ def upgrade() -> None:
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patients_merged_into_fk'), ['merged_into_fk'], unique=False)
 
+    op.create_table('resource_versions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('resource_type', sa.String(length=32), nullable=False),
+    sa.Column('resource_id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('recorded_at', sa.DateTime(), nullable=False),
+    sa.Column('content', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('resource_type', 'resource_id', 'version', name='uq_resource_version')
+    )
+    op.create_table('resources',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('ae_title', sa.String(length=16), nullable=False),
+    sa.Column('station_name', sa.String(length=16), nullable=False),
+    sa.Column('modalities', sa.JSON(), nullable=False),
+    sa.Column('opening_hours', sa.JSON(), nullable=False),
+    sa.Column('default_minutes', sa.Integer(), nullable=False),
+    sa.Column('slot_minutes', sa.JSON(), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name')
+    )
+    op.create_table('subscriptions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('status', sa.Enum('requested', 'active', 'error', 'off', name='subscriptionstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('topic', sa.String(length=32), nullable=False),
+    sa.Column('criteria', sa.String(length=1000), nullable=False),
+    sa.Column('endpoint', sa.String(length=1000), nullable=False),
+    sa.Column('headers', sa.JSON(), nullable=False),
+    sa.Column('payload', sa.String(length=64), nullable=False),
+    sa.Column('content', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('end_at', sa.DateTime(), nullable=True),
+    sa.Column('events', sa.Integer(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
+        batch_op.create_index('ix_subscriptions_topic', ['topic', 'status'], unique=False)
+
+    op.create_table('users',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('username', sa.String(length=64), nullable=False),
+    sa.Column('full_name', sa.String(length=128), nullable=False),
+    sa.Column('role', sa.Enum('technologist', 'scheduler', 'radiologist', 'analyst', 'administrator', name='role', native_enum=False, length=24), nullable=False),
+    sa.Column('password_hash', sa.String(length=255), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('last_login_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('username')
+    )
     op.create_table('orders',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('patient_fk', sa.Integer(), nullable=False),
@@ -83,6 +171,7 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('sender', sa.String(length=128), nullable=False),
     sa.Column('source_message_fk', sa.Integer(), nullable=True),
+    sa.Column('version', sa.Integer(), server_default='1', nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
@@ -114,46 +203,36 @@ def upgrade() -> None:
     with op.batch_alter_table('visits', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_visits_patient_fk'), ['patient_fk'], unique=False)
 
-    op.create_table('appointments',
+    op.create_table('outbox_messages',
     sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('destination', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=64), nullable=False),
+    sa.Column('message_id', sa.String(length=64), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('rendered', sa.LargeBinary(), nullable=True),
+    sa.Column('status', sa.Enum('PENDING', 'SENDING', 'SENT', 'FAILED', 'DEAD', name='outboxstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=False),
+    sa.Column('reply', sa.LargeBinary(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=128), nullable=False),
+    sa.Column('claimed_until', sa.DateTime(), nullable=True),
     sa.Column('order_fk', sa.Integer(), nullable=True),
-    sa.Column('patient_fk', sa.Integer(), nullable=True),
-    sa.Column('placer_appointment_id', sa.String(length=64), nullable=False),
-    sa.Column('filler_appointment_id', sa.String(length=64), nullable=False),
-    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
-    sa.Column('start', sa.DateTime(), nullable=True),
-    sa.Column('duration_minutes', sa.Float(), nullable=True),
-    sa.Column('resource', sa.String(length=128), nullable=False),
-    sa.Column('location', sa.String(length=128), nullable=False),
-    sa.Column('status', sa.Enum('BOOKED', 'CANCELLED', 'NOSHOW', name='appointmentstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('cause_kind', sa.String(length=32), nullable=False),
+    sa.Column('cause_reference', sa.String(length=255), nullable=False),
+    sa.Column('cause_message_fk', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
-    sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
+    sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['cause_message_fk'], ['inbound_messages.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('appointments', schema=None) as batch_op:
-        batch_op.create_index('ix_appointments_ids', ['filler_appointment_id', 'placer_appointment_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_appointments_order_fk'), ['order_fk'], unique=False)
-        batch_op.create_index(batch_op.f('ix_appointments_patient_fk'), ['patient_fk'], unique=False)
-
-    op.create_table('reports',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('order_fk', sa.Integer(), nullable=True),
-    sa.Column('accession_number', sa.String(length=16), nullable=False),
-    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
-    sa.Column('filler_order_number', sa.String(length=64), nullable=False),
-    sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('text', sa.Text(), nullable=False),
-    sa.Column('observed_at', sa.DateTime(), nullable=True),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('reports', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_reports_accession_number'), ['accession_number'], unique=False)
-        batch_op.create_index(batch_op.f('ix_reports_order_fk'), ['order_fk'], unique=False)
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_outbox_messages_message_id'), ['message_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_outbox_messages_order_fk'), ['order_fk'], unique=False)
+        batch_op.create_index('ix_outbox_queue', ['destination', 'status', 'id'], unique=False)
+        batch_op.create_index('ix_outbox_status_due', ['status', 'next_attempt_at'], unique=False)
 
     op.create_table('requested_procedures',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -165,12 +244,14 @@ def upgrade() -> None:
     sa.Column('code_meaning', sa.String(length=128), nullable=False),
     sa.Column('description', sa.String(length=128), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
+    sa.Column('state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=False),
     sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('requested_procedures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_requested_procedures_order_fk'), ['order_fk'], unique=False)
         batch_op.create_index(batch_op.f('ix_requested_procedures_requested_procedure_id'), ['requested_procedure_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_requested_procedures_state'), ['state'], unique=False)
         batch_op.create_index(batch_op.f('ix_requested_procedures_study_instance_uid'), ['study_instance_uid'], unique=False)
 
     op.create_table('studies',
@@ -179,7 +260,11 @@ def upgrade() -> None:
     sa.Column('patient_id', sa.String(length=64), nullable=False),
     sa.Column('issuer', sa.String(length=64), nullable=False),
     sa.Column('patient_name', sa.String(length=324), nullable=False),
+    sa.Column('patient_birth_date', sa.String(length=8), nullable=False),
+    sa.Column('patient_sex', sa.String(length=16), nullable=False),
     sa.Column('accession_number', sa.String(length=16), nullable=False),
+    sa.Column('study_id', sa.String(length=16), nullable=False),
+    sa.Column('referring_physician', sa.String(length=324), nullable=False),
     sa.Column('study_date', sa.String(length=8), nullable=False),
     sa.Column('study_time', sa.String(length=16), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=False),
@@ -194,7 +279,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.create_index('ix_studies_accession', ['accession_number'], unique=False)
+        batch_op.create_index('ix_studies_date', ['study_date', 'study_time'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_order_fk'), ['order_fk'], unique=False)
+        batch_op.create_index('ix_studies_patient', ['patient_id', 'issuer'], unique=False)
 
     op.create_table('procedure_steps',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -205,7 +292,7 @@ def upgrade() -> None:
     sa.Column('scheduled_start', sa.DateTime(), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=False),
     sa.Column('performing_physician', sa.String(length=324), nullable=False),
-    sa.Column('status', sa.Enum('SCHEDULED', 'HELD', 'ARRIVED', 'READY', 'STARTED', 'IN_PROGRESS', 'COMPLETED', 'DISCONTINUED', 'CANCELLED', name='stepstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('status', sa.Enum('SCHEDULED', 'HELD', 'ARRIVED', 'READY', 'STARTED', 'IN_PROGRESS', 'COMPLETED', 'DISCONTINUED', 'CANCELLED', 'UNSCHEDULED', name='stepstatus', native_enum=False, length=24), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['procedure_fk'], ['requested_procedures.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -216,6 +303,56 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_procedure_steps_sps_id'), ['sps_id'], unique=False)
         batch_op.create_index('ix_steps_modality_start', ['modality', 'scheduled_start'], unique=False)
         batch_op.create_index('ix_steps_status_start', ['status', 'scheduled_start'], unique=False)
+
+    op.create_table('procedure_transitions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('procedure_fk', sa.Integer(), nullable=False),
+    sa.Column('from_state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=True),
+    sa.Column('to_state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.Column('cause_kind', sa.String(length=32), nullable=False),
+    sa.Column('cause_reference', sa.String(length=255), nullable=False),
+    sa.Column('cause_sender', sa.String(length=255), nullable=False),
+    sa.Column('cause_message_fk', sa.Integer(), nullable=True),
+    sa.Column('note', sa.String(length=255), nullable=False),
+    sa.ForeignKeyConstraint(['cause_message_fk'], ['inbound_messages.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['procedure_fk'], ['requested_procedures.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('procedure_transitions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_procedure_transitions_procedure_fk'), ['procedure_fk'], unique=False)
+        batch_op.create_index('ix_transitions_at', ['at'], unique=False)
+        batch_op.create_index('ix_transitions_to_at', ['to_state', 'at'], unique=False)
+
+    op.create_table('reports',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_fk', sa.Integer(), nullable=True),
+    sa.Column('accession_number', sa.String(length=16), nullable=False),
+    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
+    sa.Column('filler_order_number', sa.String(length=64), nullable=False),
+    sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('observed_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('state', sa.Enum('DRAFT', 'PRELIMINARY', 'FINAL', 'AMENDED', name='reportstate', native_enum=False, length=24), nullable=True),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('procedure_fk', sa.Integer(), nullable=True),
+    sa.Column('parent_fk', sa.Integer(), nullable=True),
+    sa.Column('author', sa.String(length=64), nullable=False),
+    sa.Column('signed_by', sa.String(length=64), nullable=False),
+    sa.Column('signed_at', sa.DateTime(), nullable=True),
+    sa.Column('updated_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
+    sa.ForeignKeyConstraint(['parent_fk'], ['reports.id'], ),
+    sa.ForeignKeyConstraint(['procedure_fk'], ['requested_procedures.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_reports_accession_number'), ['accession_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_reports_order_fk'), ['order_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_reports_parent_fk'), ['parent_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_reports_procedure_fk'), ['procedure_fk'], unique=False)
 
     op.create_table('series',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -230,6 +367,36 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('series', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_series_study_fk'), ['study_fk'], unique=False)
+
+    op.create_table('appointments',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_fk', sa.Integer(), nullable=True),
+    sa.Column('patient_fk', sa.Integer(), nullable=True),
+    sa.Column('placer_appointment_id', sa.String(length=64), nullable=False),
+    sa.Column('filler_appointment_id', sa.String(length=64), nullable=False),
+    sa.Column('placer_order_number', sa.String(length=64), nullable=False),
+    sa.Column('start', sa.DateTime(), nullable=True),
+    sa.Column('duration_minutes', sa.Float(), nullable=True),
+    sa.Column('resource', sa.String(length=128), nullable=False),
+    sa.Column('location', sa.String(length=128), nullable=False),
+    sa.Column('status', sa.Enum('PROPOSED', 'BOOKED', 'CANCELLED', 'NOSHOW', name='appointmentstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('resource_fk', sa.Integer(), nullable=True),
+    sa.Column('step_fk', sa.Integer(), nullable=True),
+    sa.Column('end', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
+    sa.ForeignKeyConstraint(['patient_fk'], ['patients.id'], ),
+    sa.ForeignKeyConstraint(['resource_fk'], ['resources.id'], ),
+    sa.ForeignKeyConstraint(['step_fk'], ['procedure_steps.id'], ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('appointments', schema=None) as batch_op:
+        batch_op.create_index('ix_appointments_ids', ['filler_appointment_id', 'placer_appointment_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_appointments_order_fk'), ['order_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_appointments_patient_fk'), ['patient_fk'], unique=False)
+        batch_op.create_index('ix_appointments_resource', ['resource_fk', 'start'], unique=False)
+        batch_op.create_index(batch_op.f('ix_appointments_step_fk'), ['step_fk'], unique=False)
 
     op.create_table('instances',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -296,10 +463,31 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_instances_series_fk'))
 
     op.drop_table('instances')
+    with op.batch_alter_table('appointments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_appointments_step_fk'))
+        batch_op.drop_index('ix_appointments_resource')
+        batch_op.drop_index(batch_op.f('ix_appointments_patient_fk'))
+        batch_op.drop_index(batch_op.f('ix_appointments_order_fk'))
+        batch_op.drop_index('ix_appointments_ids')
+
+    op.drop_table('appointments')
     with op.batch_alter_table('series', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_series_study_fk'))
 
     op.drop_table('series')
+    with op.batch_alter_table('reports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_reports_procedure_fk'))
+        batch_op.drop_index(batch_op.f('ix_reports_parent_fk'))
+        batch_op.drop_index(batch_op.f('ix_reports_order_fk'))
+        batch_op.drop_index(batch_op.f('ix_reports_accession_number'))
+
+    op.drop_table('reports')
+    with op.batch_alter_table('procedure_transitions', schema=None) as batch_op:
+        batch_op.drop_index('ix_transitions_to_at')
+        batch_op.drop_index('ix_transitions_at')
+        batch_op.drop_index(batch_op.f('ix_procedure_transitions_procedure_fk'))
+
+    op.drop_table('procedure_transitions')
     with op.batch_alter_table('procedure_steps', schema=None) as batch_op:
         batch_op.drop_index('ix_steps_status_start')
         batch_op.drop_index('ix_steps_modality_start')
@@ -309,27 +497,26 @@ def downgrade() -> None:
 
     op.drop_table('procedure_steps')
     with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_index('ix_studies_patient')
         batch_op.drop_index(batch_op.f('ix_studies_order_fk'))
+        batch_op.drop_index('ix_studies_date')
         batch_op.drop_index('ix_studies_accession')
 
     op.drop_table('studies')
     with op.batch_alter_table('requested_procedures', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_requested_procedures_study_instance_uid'))
+        batch_op.drop_index(batch_op.f('ix_requested_procedures_state'))
         batch_op.drop_index(batch_op.f('ix_requested_procedures_requested_procedure_id'))
         batch_op.drop_index(batch_op.f('ix_requested_procedures_order_fk'))
 
     op.drop_table('requested_procedures')
-    with op.batch_alter_table('reports', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_reports_order_fk'))
-        batch_op.drop_index(batch_op.f('ix_reports_accession_number'))
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_status_due')
+        batch_op.drop_index('ix_outbox_queue')
+        batch_op.drop_index(batch_op.f('ix_outbox_messages_order_fk'))
+        batch_op.drop_index(batch_op.f('ix_outbox_messages_message_id'))
 
-    op.drop_table('reports')
-    with op.batch_alter_table('appointments', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_appointments_patient_fk'))
-        batch_op.drop_index(batch_op.f('ix_appointments_order_fk'))
-        batch_op.drop_index('ix_appointments_ids')
-
-    op.drop_table('appointments')
+    op.drop_table('outbox_messages')
     with op.batch_alter_table('visits', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_visits_patient_fk'))
 
@@ -341,6 +528,13 @@ def downgrade() -> None:
         batch_op.drop_index('ix_orders_accession')
 
     op.drop_table('orders')
+    op.drop_table('users')
+    with op.batch_alter_table('subscriptions', schema=None) as batch_op:
+        batch_op.drop_index('ix_subscriptions_topic')
+
+    op.drop_table('subscriptions')
+    op.drop_table('resources')
+    op.drop_table('resource_versions')
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_patients_merged_into_fk'))
 
@@ -353,3 +547,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_inbound_dedup')
 
     op.drop_table('inbound_messages')
+    op.drop_table('daily_statistics')
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_user')
+        batch_op.drop_index('ix_audit_patient')
+        batch_op.drop_index('ix_audit_at')
+
+    op.drop_table('audit_events')

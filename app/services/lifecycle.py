@@ -1,0 +1,110 @@
+"""The lifecycle of a requested procedure, from order to signed report: one explicit state, a transition
+table, and a history row for every transition with its time and cause.
+
+States (:class:`app.models.ProcedureState`) and what moves a procedure between them:
+
+=============  ================================================================================
+ORDERED        the order is placed (ORC-1 NW, IHE RAD TF-2 4.2 RAD-2); no slot yet, or its booking was
+               cancelled / the patient did not show
+SCHEDULED      its steps have a time and a room (RAD-4 Procedure Scheduled; app.services.scheduling)
+ARRIVED        the patient arrived (ADT^A10 "patient arriving - tracking", HL7 v2.5.1 3.3.10)
+IN_PROGRESS    a modality started a performed step (MPPS N-CREATE IN PROGRESS, RAD-6)
+COMPLETED      every step is done, at least one completed (MPPS N-SET COMPLETED, RAD-7)
+PRELIMINARY    a preliminary report is signed (HL7 v2.5.1 7.4.1 ORU^R01, OBR-25 "P", table 0123)
+FINAL          the final report is signed (OBR-25 "F"); addenda and amendments keep it FINAL
+CANCELLED      cancelled before it was performed (ORC-1 CA)
+DISCONTINUED   stopped (ORC-1 DC, or MPPS DISCONTINUED for every step, PS3.4 F.7.2.2)
+=============  ================================================================================
+
+A transition the table does not allow (completing a cancelled procedure, signing a report twice) raises
+:class:`app.errors.Conflict` naming the procedure and its current state, before anything is changed.
+Services validate every transition of a unit of work first (:func:`check`) and apply them after
+(:func:`transition`), so a refused change leaves nothing half-applied; the caller's transaction is the
+final guard (it rolls back on any error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy.orm import Session
+
+from app.commands import Cause
+from app.errors import Conflict
+from app.models import ProcedureState as S
+from app.models import ProcedureTransition, RequestedProcedure
+
+TRANSITIONS: dict[S, frozenset[S]] = {
+    # ORDERED -> IN_PROGRESS: a modality performed it without a slot (walk-in, or after a no-show)
+    S.ORDERED: frozenset({S.SCHEDULED, S.IN_PROGRESS, S.CANCELLED, S.DISCONTINUED}),
+    S.SCHEDULED: frozenset({S.ORDERED, S.ARRIVED, S.IN_PROGRESS, S.CANCELLED, S.DISCONTINUED}),
+    S.ARRIVED: frozenset({S.ORDERED, S.IN_PROGRESS, S.CANCELLED, S.DISCONTINUED}),
+    S.IN_PROGRESS: frozenset({S.COMPLETED, S.DISCONTINUED}),
+    S.COMPLETED: frozenset({S.PRELIMINARY, S.FINAL}),
+    S.PRELIMINARY: frozenset({S.FINAL}),
+    S.FINAL: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.DISCONTINUED: frozenset(),
+}
+CLOSED = frozenset(state for state, targets in TRANSITIONS.items() if not targets)   # FINAL, CANCELLED, DISCONTINUED
+PERFORMED = frozenset({S.COMPLETED, S.PRELIMINARY, S.FINAL})
+NOT_STARTED = frozenset({S.ORDERED, S.SCHEDULED, S.ARRIVED})
+
+
+def allowed(current: S, target: S) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def describe(procedure: RequestedProcedure) -> str:
+    order = procedure.order
+    accession = f" of order {order.accession_number}" if order is not None and order.accession_number else ""
+    return f"procedure {procedure.requested_procedure_id}{accession}"
+
+
+def check(procedure: RequestedProcedure, target: S, *, action: str = "") -> None:
+    """Refuse (Conflict, naming the current state) a transition the table does not allow."""
+    current = procedure.state
+    if not allowed(current, target):
+        doing = action or f"move it to {target.value}"
+        raise Conflict(f"{describe(procedure)} is {current.value}; cannot {doing}", location="procedure.state")
+
+
+def check_all(procedures: Iterable[RequestedProcedure], target: S, *, action: str = "") -> None:
+    for procedure in procedures:
+        check(procedure, target, action=action)
+
+
+def transition(session: Session, procedure: RequestedProcedure, target: S, cause: Cause, *,
+               note: str = "", action: str = "") -> ProcedureTransition:
+    """Move ``procedure`` to ``target`` and record the transition with ``cause``; Conflict when not allowed."""
+    check(procedure, target, action=action)
+    row = _record(procedure, procedure.state, target, cause, note)
+    procedure.state = target
+    session.add(row)
+    return row
+
+
+def begin(session: Session, procedure: RequestedProcedure, cause: Cause) -> ProcedureTransition:
+    """Record the start of a new procedure's lifecycle (none -> ORDERED)."""
+    procedure.state = S.ORDERED
+    row = _record(procedure, None, S.ORDERED, cause, "")
+    session.add(row)
+    return row
+
+
+def _record(procedure: RequestedProcedure, before: S | None, after: S, cause: Cause, note: str) -> ProcedureTransition:
+    row = ProcedureTransition(from_state=before, to_state=after, cause_kind=(cause.kind or "")[:32],
+                              cause_reference=(cause.reference or "")[:255], cause_sender=(cause.sender or "")[:255],
+                              cause_message_fk=cause.message_fk, note=(note or "")[:255])
+    procedure.transitions.append(row)
+    return row
+
+
+def history_view(procedure: RequestedProcedure) -> list[dict]:
+    """The procedure's transitions, oldest first, as plain data (for read models)."""
+    return [{"from": t.from_state.value if t.from_state else None, "to": t.to_state.value,
+             "at": t.at.isoformat() if t.at else None,
+             "cause": {"kind": t.cause_kind, "reference": t.cause_reference, "sender": t.cause_sender,
+                       "message_id": t.cause_message_fk},
+             "note": t.note}
+            for t in procedure.transitions]

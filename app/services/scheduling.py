@@ -1,0 +1,365 @@
+"""Scheduling of rooms and modalities: resources, bookings, the next free slot, conflicts.
+
+The engine is the Department System Scheduler of IHE RAD TF-1 Scheduled Workflow: it turns an order into
+Scheduled Procedure Steps with a time and a station (IHE RAD TF-2 4.4 RAD-4 "Procedure Scheduled"; the
+station's AE title and name become the step's Scheduled Station AE Title (0040,0001) and Scheduled Station
+Name (0040,0010), DICOM PS3.4 K.6.1). A :class:`app.models.Resource` is one room or modality: its AE title and
+station name, the modalities it performs, its opening hours per weekday and a slot length per procedure code.
+A booking is an :class:`app.models.Appointment` of one resource for one step, from ``start`` to ``end``.
+
+Rules:
+
+- a booking lies inside one opening interval of its resource's weekday and overlaps no other BOOKED booking of
+  that resource; otherwise :class:`app.errors.Conflict` names the clashing booking (or the opening hours);
+- the resource row is locked (SELECT ... FOR UPDATE) before the clash check, so two engines sharing one
+  PostgreSQL cannot book the same slot twice (SQLite serialises writers anyway);
+- a step without a time gets the earliest free slot, from now on, of an active resource that performs its
+  modality (ties: by resource name); with no such resource the step's time is missing (InvalidInput, as before);
+- cancelling a booking sends its procedure back to ORDERED (app.services.lifecycle) and its step to UNSCHEDULED
+  (no longer offered in the worklist) until it is booked again; rescheduling moves step and booking together.
+
+Times are naive site-local datetimes (see app.models). "Now" is taken in the zone configured with
+:func:`configure` (UTC when none is).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.commands import Cause
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import (Appointment, AppointmentStatus, Order, ProcedureState, ProcedureStep, Resource, StepStation,
+                        StepStatus)
+from app.services import lifecycle
+from app.validation import clip, identifier
+from app.vocabulary import MODALITIES
+
+ZONE_KEY = "ris.site_timezone"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+HORIZON_DAYS = 60
+BOOKABLE_STEPS = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.READY, StepStatus.UNSCHEDULED)
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+
+
+def configure(session_factory: sessionmaker, zone: str) -> None:
+    """Let the sessions of ``session_factory`` know the site's zone (for "now" in site-local time)."""
+    info = dict(session_factory.kw.get("info") or {})
+    info[ZONE_KEY] = zone
+    session_factory.configure(info=info)
+
+
+def local_now(session: Session) -> dt.datetime:
+    zone = ZoneInfo(session.info.get(ZONE_KEY) or "UTC")
+    return dt.datetime.now(zone).replace(tzinfo=None, second=0, microsecond=0)
+
+
+# Resources -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResourceData:
+    """A resource as configured (mappings/resources/*.yaml or the JSON API)."""
+
+    name: str
+    ae_title: str = ""
+    station_name: str = ""
+    modalities: tuple[str, ...] = ()
+    opening_hours: dict = field(default_factory=dict)     # "mon" -> [["08:00", "12:00"], ...]
+    default_minutes: int = 15
+    slot_minutes: dict = field(default_factory=dict)      # procedure code -> minutes
+    active: bool = True
+
+
+def _minutes(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 24 * 60:
+        raise InvalidInput(f"{where}: {value!r} is not a whole number of minutes from 1 to 1440", location=where)
+    return value
+
+
+def _clock(value: str) -> dt.time:
+    return dt.time.max if value == "24:00" else dt.time.fromisoformat(value)
+
+
+def validate_resource(data: ResourceData) -> None:
+    """Refuse a resource definition that cannot be used; the error names the key at fault."""
+    if not data.name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", data.name):
+        raise InvalidInput(f"resource name {data.name!r} must be 1-64 letters, digits, '_', '.' or '-'",
+                           location="resource.name")
+    identifier(data.ae_title, 16, "resource.ae_title")
+    identifier(data.station_name, 16, "resource.station_name")
+    if not data.modalities:
+        raise InvalidInput(f"resource {data.name}: no modality", location="resource.modalities", missing=True)
+    for modality in data.modalities:
+        if modality not in MODALITIES:
+            raise InvalidInput(f"resource {data.name}: {modality!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)",
+                               location="resource.modalities")
+    for day, intervals in data.opening_hours.items():
+        where = f"resource.opening_hours.{day}"
+        if day not in WEEKDAYS:
+            raise InvalidInput(f"resource {data.name}: {day!r} is not one of {', '.join(WEEKDAYS)}", location=where)
+        if not isinstance(intervals, (list, tuple)):
+            raise InvalidInput(f"resource {data.name}: {day} must be a list of [from, to] times", location=where)
+        for interval in intervals:
+            if (not isinstance(interval, (list, tuple)) or len(interval) != 2
+                    or not all(isinstance(t, str) and _HHMM.match(t) for t in interval)
+                    or _clock(interval[0]) >= _clock(interval[1])):
+                raise InvalidInput(f"resource {data.name}: {day} interval {interval!r} is not [\"HH:MM\", \"HH:MM\"] "
+                                   "with from before to", location=where)
+    _minutes(data.default_minutes, "resource.default_minutes")
+    for code, minutes in data.slot_minutes.items():
+        _minutes(minutes, f"resource.slot_minutes.{code}")
+
+
+def save_resource(session: Session, data: ResourceData) -> Resource:
+    """Create the resource, or replace the definition of the one with the same name."""
+    validate_resource(data)
+    resource = session.scalars(select(Resource).where(Resource.name == data.name)).first()
+    if resource is None:
+        resource = Resource(name=data.name)
+        session.add(resource)
+    resource.ae_title, resource.station_name = data.ae_title, data.station_name
+    resource.modalities = list(dict.fromkeys(data.modalities))
+    resource.opening_hours = {day: [list(i) for i in data.opening_hours[day]]
+                              for day in WEEKDAYS if day in data.opening_hours}
+    resource.default_minutes = data.default_minutes
+    resource.slot_minutes = {str(k): int(v) for k, v in data.slot_minutes.items()}
+    resource.active = data.active
+    session.flush()
+    return resource
+
+
+def find_resource(session: Session, name: str) -> Resource:
+    resource = session.scalars(select(Resource).where(Resource.name == name)).first()
+    if resource is None:
+        raise NotFound(f"no resource {name!r}", location="resource")
+    return resource
+
+
+def slot_length(resource: Resource, code: str) -> dt.timedelta:
+    """The time a procedure ``code`` takes on ``resource``: its own slot length, else the resource's default."""
+    return dt.timedelta(minutes=int(resource.slot_minutes.get(code) or resource.default_minutes))
+
+
+def opening_intervals(resource: Resource, day: dt.date) -> list[tuple[dt.datetime, dt.datetime]]:
+    intervals = resource.opening_hours.get(WEEKDAYS[day.weekday()], [])
+    result = []
+    for begin, end in intervals:
+        stop = (dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) if end == "24:00"
+                else dt.datetime.combine(day, _clock(end)))
+        result.append((dt.datetime.combine(day, _clock(begin)), stop))
+    return sorted(result)
+
+
+def _hours_text(resource: Resource, day: dt.date) -> str:
+    intervals = resource.opening_hours.get(WEEKDAYS[day.weekday()], [])
+    return ", ".join(f"{a}-{b}" for a, b in intervals) or "closed"
+
+
+def bookings(session: Session, resource: Resource, start: dt.datetime, end: dt.datetime) -> list[Appointment]:
+    """The BOOKED bookings of ``resource`` overlapping [start, end), by start."""
+    return list(session.scalars(
+        select(Appointment).where(Appointment.resource_fk == resource.id, Appointment.status == AppointmentStatus.BOOKED,
+                                  Appointment.start < end, Appointment.end > start)
+        .order_by(Appointment.start, Appointment.id)))
+
+
+def _describe(appointment: Appointment) -> str:
+    accession = appointment.order.accession_number if appointment.order is not None else ""
+    what = f" (order {accession})" if accession else ""
+    return (f"booking {appointment.id}{what} on {appointment.resource} from {appointment.start:%Y-%m-%d %H:%M} "
+            f"to {appointment.end:%H:%M}")
+
+
+def check_free(session: Session, resource: Resource, start: dt.datetime, end: dt.datetime, *,
+               ignore: Appointment | None = None) -> None:
+    """Conflict unless [start, end) lies in one opening interval of ``resource`` and clashes with no booking."""
+    if not any(a <= start and end <= b for a, b in opening_intervals(resource, start.date())):
+        raise Conflict(f"resource {resource.name} is not open from {start:%Y-%m-%d %H:%M} to {end:%H:%M} "
+                       f"(open {WEEKDAYS[start.weekday()]} {_hours_text(resource, start.date())})",
+                       location="appointment.start")
+    for other in bookings(session, resource, start, end):
+        if ignore is None or other.id != ignore.id:
+            raise Conflict(f"resource {resource.name} is taken from {start:%Y-%m-%d %H:%M} to {end:%H:%M}: "
+                           f"{_describe(other)}", location="appointment.start")
+
+
+def _lock(session: Session, resource: Resource) -> None:
+    session.execute(select(Resource.id).where(Resource.id == resource.id).with_for_update())
+
+
+def _candidates(session: Session, modality: str) -> list[Resource]:
+    active = session.scalars(select(Resource).where(Resource.active.is_(True)).order_by(Resource.name))
+    return [r for r in active if modality in (r.modalities or [])]
+
+
+def _first_gap(session: Session, resource: Resource, code: str, after: dt.datetime,
+               horizon_days: int) -> tuple[dt.datetime, dt.datetime] | None:
+    length = slot_length(resource, code)
+    for offset in range(horizon_days + 1):
+        day = after.date() + dt.timedelta(days=offset)
+        for begin, stop in opening_intervals(resource, day):
+            t = max(begin, after)
+            for other in bookings(session, resource, t, stop):
+                if t + length <= other.start:
+                    break
+                t = max(t, other.end)
+            if t + length <= stop:
+                return t, t + length
+    return None
+
+
+def next_free_slot(session: Session, modality: str, code: str, *, after: dt.datetime | None = None,
+                   horizon_days: int = HORIZON_DAYS) -> tuple[Resource, dt.datetime, dt.datetime]:
+    """The earliest free slot (resource, start, end) for ``modality`` and procedure ``code`` from ``after`` on."""
+    after = after or local_now(session)
+    resources = _candidates(session, modality)
+    if not resources:
+        raise InvalidInput(f"scheduled start time missing, and no resource performs modality {modality!r} to "
+                           "book one", location="step.scheduled_start", missing=True)
+    best = None
+    for resource in resources:
+        gap = _first_gap(session, resource, code, after, horizon_days)
+        if gap is not None and (best is None or gap[0] < best[1]):
+            best = (resource, *gap)
+    if best is None:
+        names = ", ".join(r.name for r in resources)
+        raise Conflict(f"no free slot for {modality} {code} within {horizon_days} days on {names}",
+                       location="step.scheduled_start")
+    return best
+
+
+# Bookings --------------------------------------------------------------------------------------
+def _code(step: ProcedureStep) -> str:
+    return step.procedure.code_value if step.procedure is not None else ""
+
+
+def _place_step(step: ProcedureStep, resource: Resource, start: dt.datetime) -> None:
+    step.scheduled_start = start
+    if resource.station_name:
+        step.station_name = resource.station_name
+    if resource.ae_title and step.station_aets != [resource.ae_title]:
+        step.stations.clear()
+        step.stations.append(StepStation(ae_title=resource.ae_title))
+    if step.status is StepStatus.UNSCHEDULED:
+        step.status = StepStatus.SCHEDULED
+
+
+def _settle(session: Session, step: ProcedureStep, cause: Cause) -> None:
+    """An ORDERED procedure whose steps all have a time and a place is SCHEDULED."""
+    proc = step.procedure
+    if proc is None or proc.state is not ProcedureState.ORDERED or not proc.transitions:
+        return
+    if all(s.scheduled_start is not None and s.status is not StepStatus.UNSCHEDULED for s in proc.steps):
+        lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+
+
+def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.datetime, cause: Cause, *,
+         minutes: int | None = None) -> Appointment:
+    """Book ``resource`` for ``step`` from ``start``; Conflict naming the clashing booking or the hours."""
+    with session.no_autoflush:
+        if step.modality not in (resource.modalities or []):
+            raise InvalidInput(f"resource {resource.name} does not perform {step.modality} "
+                               f"({', '.join(resource.modalities)})", location="resource")
+        if step.status not in BOOKABLE_STEPS and step.scheduled_start is not None:
+            raise Conflict(f"step {step.sps_id} is {step.status.value}; it can no longer be booked",
+                           location="step.status")
+        if step.id is not None and _booking_of(session, step) is not None:
+            raise Conflict(f"step {step.sps_id} is already booked ({_describe(_booking_of(session, step))}); "
+                           "reschedule that booking", location="step.sps_id")
+        length = dt.timedelta(minutes=minutes) if minutes else slot_length(resource, _code(step))
+        _lock(session, resource)
+        check_free(session, resource, start, start + length)
+        order = step.procedure.order if step.procedure is not None else None
+        appointment = Appointment(
+            order=order, patient_fk=order.patient.id if order is not None and order.patient is not None else None,
+            placer_order_number=order.placer_order_number if order is not None else "",
+            start=start, end=start + length, duration_minutes=length.total_seconds() / 60,
+            resource=resource.name, location=clip(resource.station_name, 128), booked_resource=resource, step=step,
+            status=AppointmentStatus.BOOKED)
+        _place_step(step, resource, start)
+    session.add(appointment)
+    _settle(session, step, cause)
+    session.flush()
+    return appointment
+
+
+def book_next_free(session: Session, step: ProcedureStep, cause: Cause, *,
+                   after: dt.datetime | None = None) -> Appointment:
+    """Book the earliest free slot that fits the step (its modality, its procedure code's slot length)."""
+    with session.no_autoflush:
+        resource, start, _ = next_free_slot(session, step.modality, _code(step), after=after)
+    return book(session, step, resource, start, cause)
+
+
+def _booking_of(session: Session, step: ProcedureStep) -> Appointment | None:
+    return session.scalars(select(Appointment).where(Appointment.step_fk == step.id,
+                                                     Appointment.status == AppointmentStatus.BOOKED)).first()
+
+
+def _booked(session: Session, appointment_id: int) -> Appointment:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None or appointment.resource_fk is None:
+        raise NotFound(f"no booking {appointment_id}", location="appointment_id")
+    if appointment.status is not AppointmentStatus.BOOKED:
+        raise Conflict(f"booking {appointment_id} is {appointment.status.value}", location="appointment.status")
+    return appointment
+
+
+def reschedule(session: Session, appointment_id: int, start: dt.datetime, cause: Cause, *,
+               resource_name: str = "") -> Appointment:
+    """Move a booking (and its step) to ``start``, on another resource when ``resource_name`` is given."""
+    appointment = _booked(session, appointment_id)
+    step = appointment.step
+    if step is not None and step.status not in BOOKABLE_STEPS:
+        raise Conflict(f"step {step.sps_id} is {step.status.value}; its booking can no longer move",
+                       location="step.status")
+    resource = find_resource(session, resource_name) if resource_name else appointment.booked_resource
+    if step is not None and step.modality not in (resource.modalities or []):
+        raise InvalidInput(f"resource {resource.name} does not perform {step.modality}", location="resource")
+    length = appointment.end - appointment.start
+    if resource.id != appointment.resource_fk and step is not None:
+        length = slot_length(resource, _code(step))
+    _lock(session, resource)
+    check_free(session, resource, start, start + length, ignore=appointment)
+    appointment.start, appointment.end = start, start + length
+    appointment.booked_resource, appointment.resource = resource, resource.name
+    appointment.duration_minutes = length.total_seconds() / 60
+    if step is not None:
+        _place_step(step, resource, start)
+    session.flush()
+    return appointment
+
+
+def cancel_booking(session: Session, appointment_id: int, cause: Cause) -> Appointment:
+    """Cancel a booking: the slot is free, the step UNSCHEDULED, the procedure ORDERED again."""
+    appointment = _booked(session, appointment_id)
+    step = appointment.step
+    proc = step.procedure if step is not None else None
+    if step is not None and step.status not in BOOKABLE_STEPS:
+        raise Conflict(f"step {step.sps_id} is {step.status.value}; its booking can no longer be cancelled",
+                       location="step.status")
+    if proc is not None and proc.state is not ProcedureState.ORDERED:
+        lifecycle.check(proc, ProcedureState.ORDERED, action="cancel its booking")
+    appointment.status = AppointmentStatus.CANCELLED
+    if step is not None:
+        step.status = StepStatus.UNSCHEDULED
+    if proc is not None and proc.state is not ProcedureState.ORDERED:
+        lifecycle.transition(session, proc, ProcedureState.ORDERED, cause, note=f"booking {appointment.id} cancelled")
+    session.flush()
+    return appointment
+
+
+def release_bookings(session: Session, order: Order) -> int:
+    """Free the slots of an order that was cancelled or discontinued (its procedures are closed by the caller)."""
+    step_ids = [s.id for p in order.procedures for s in p.steps if s.id is not None]
+    if not step_ids:
+        return 0
+    rows = session.scalars(select(Appointment).where(Appointment.step_fk.in_(step_ids),
+                                                     Appointment.status == AppointmentStatus.BOOKED)).all()
+    for appointment in rows:
+        appointment.status = AppointmentStatus.CANCELLED
+    return len(rows)
