@@ -10,11 +10,15 @@ from config.settings import SettingsError, describe, load_settings
 
 
 def _serve(args) -> int:
-    from interfaces.runtime import Engine
+    from interfaces.runtime import Engine, StartupError
 
     settings = load_settings()
     setup_logging(settings.log_level)
-    Engine(settings).serve_forever()
+    try:
+        Engine(settings).serve_forever()
+    except StartupError as exc:
+        print(f"ris serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -59,8 +63,124 @@ def _settings(args) -> int:
     settings = load_settings()
     for var, default, doc in describe():
         name = var[4:].lower()
-        print(f"{var}={getattr(settings, name)!s}\n    {doc} (default: {default!r})")
+        value = getattr(settings, name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)  # as it would be set in the environment
+        if value and name in ("secret_key", "api_token"):
+            shown = "(set, not shown)"
+        print(f"{var}={shown}\n    {doc} (default: {default!r})")
     return 0
+
+
+def _mapping_check(args) -> int:
+    """Validate a folder of mapping profiles; exit 1 naming the file, line and key of each problem."""
+    from interfaces.mapping_tools import check_folder
+
+    settings = load_settings()
+    folder = args.folder or settings.mappings_path
+    profiles = check_folder(folder, settings.mapping_profile)
+    for problem in profiles.problems:
+        print(f"ris mapping check: {problem}", file=sys.stderr)
+    for profile in sorted(profiles.profiles.values(), key=lambda p: p.name):
+        senders = ", ".join(map(str, profile.senders)) or (
+            "other senders" if profile.name == settings.mapping_profile else "no sender")
+        print(f"{profile.label}  {' <- '.join(profile.chain)}  for {senders}")
+    return 1 if profiles.problems else 0
+
+
+def _mapping_test(args) -> int:
+    """Show what a message would do (fields, profile, commands, worklist item, ACK); commits nothing."""
+    import json
+
+    from app.db import make_engine, make_session_factory, upgrade
+    from app.errors import DomainError
+    from interfaces.hl7.intake import HL7Intake
+    from interfaces.mapping_tools import format_report, mapping_test
+    from interfaces.runtime import load_profiles
+    from mappings.profile import ProfileError
+
+    if (args.file is None) == (args.message_id is None):
+        print("ris mapping test: give a message FILE or --message-id N", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    setup_logging("ERROR")
+    try:
+        raw = open(args.file, "rb").read() if args.file else None
+    except OSError as exc:
+        print(f"ris mapping test: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        intake = HL7Intake(settings, make_session_factory(engine), load_profiles(settings))
+        report = mapping_test(intake, settings, raw=raw, message_id=args.message_id, profile_name=args.profile)
+    except (ProfileError, DomainError) as exc:
+        print(f"ris mapping test: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0 if report["ack_code"] == "AA" else 1
+
+
+def _read_password(args) -> str | None:
+    """The new password: RIS_USER_PASSWORD, else asked twice at the terminal (never an argument)."""
+    import getpass
+    import os
+
+    password = os.environ.get("RIS_USER_PASSWORD")
+    if password is not None:
+        return password
+    if not sys.stdin.isatty():
+        print("ris user: set RIS_USER_PASSWORD or run at a terminal to be asked for the password", file=sys.stderr)
+        return None
+    password = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != password:
+        print("ris user: the two passwords differ", file=sys.stderr)
+        return None
+    return password
+
+
+def _user(args) -> int:
+    """Add a user (the first administrator too), change a password, or list the users."""
+    import getpass
+
+    from app.db import make_engine, make_session_factory, unit_of_work, upgrade
+    from app.errors import DomainError
+    from app.models import User
+    from app.services import audit, auth
+
+    settings = load_settings()
+    setup_logging("ERROR")
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        sessions = make_session_factory(engine)
+        if args.user_command == "list":
+            with unit_of_work(sessions) as db:
+                for user in db.query(User).order_by(User.username):
+                    print(f"{user.username}\t{user.role.value}\t{'active' if user.active else 'inactive'}"
+                          f"\t{user.full_name}")
+            return 0
+        password = _read_password(args)
+        if password is None:
+            return 2
+        who = f"cli:{getpass.getuser()}"
+        with unit_of_work(sessions) as db:
+            if args.user_command == "add":
+                user = auth.add_user(db, args.name, password, args.role, full_name=args.full_name)
+                detail = f"added user {user.username} with role {user.role.value}"
+            else:
+                user = auth.set_password(db, args.name, password)
+                detail = f"changed the password of {user.username}"
+            audit.record(db, "change", username=who, entity="user", entity_id=user.username, detail=detail,
+                         source="localhost", channel="cli")
+        print(f"ris user: {detail}")
+        return 0
+    except DomainError as exc:
+        print(f"ris user: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +196,29 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(func=_send)
     sub.add_parser("settings", help="show every setting, its value and its RIS_ variable").set_defaults(func=_settings)
+    mapping = sub.add_parser("mapping", help="the analyst's mapping tools (they commit nothing)").add_subparsers(
+        dest="mapping_command", required=True)
+    check = mapping.add_parser("check", help="validate a folder of mapping profiles (exit 1 on a problem)")
+    check.add_argument("folder", nargs="?", default="", metavar="DIR", help="default: RIS_MAPPINGS_DIR")
+    check.set_defaults(func=_mapping_check)
+    test = mapping.add_parser("test", help="show what a message would do: fields, profile, commands, worklist, ACK")
+    test.add_argument("file", nargs="?", metavar="FILE", help="an HL7 v2 message file")
+    test.add_argument("--message-id", type=int, help="a stored message instead of a file")
+    test.add_argument("--profile", default=None, help="use this profile instead of the sender's")
+    test.add_argument("--json", action="store_true", help="print the report as JSON")
+    test.set_defaults(func=_mapping_test)
+    user = sub.add_parser("user", help="people who sign in to the web pages").add_subparsers(
+        dest="user_command", required=True)
+    user_add = user.add_parser("add", help="add a user (password from RIS_USER_PASSWORD or asked)")
+    user_add.add_argument("name", metavar="NAME")
+    user_add.add_argument("--role", required=True,
+                          help="technologist, scheduler, radiologist, analyst (interface analyst) or administrator")
+    user_add.add_argument("--full-name", default="")
+    user_add.set_defaults(func=_user)
+    user_pw = user.add_parser("password", help="set a user's password (RIS_USER_PASSWORD or asked)")
+    user_pw.add_argument("name", metavar="NAME")
+    user_pw.set_defaults(func=_user)
+    user.add_parser("list", help="list the users and their roles").set_defaults(func=_user)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -7,6 +7,8 @@ mapping profile (mappings), the MLLP listener with the HL7 intake, the DICOM AE,
 
 from __future__ import annotations
 
+import functools
+import contextlib
 import logging
 import signal
 import threading
@@ -14,6 +16,7 @@ import threading
 from waitress.server import create_server
 
 from app.db import make_engine, make_session_factory, upgrade
+from app.group_commit import GroupCommitter
 from app.storage import ArchiveStore
 from config.settings import Settings
 from config.tls import server_context
@@ -22,22 +25,47 @@ from interfaces.fhir.routes import fhir
 from interfaces.hl7.intake import HL7Intake
 from interfaces.http import create_app
 from interfaces.mllp.server import MLLPServer
+from interfaces.outbound.dispatcher import build_dispatcher, route_destinations
 from interfaces.scheduler.jobs import make_scheduler
+from interfaces.mapping_tools import mapping_test
+from interfaces.web import web
 from mappings.profile import ProfileSet
 
 log = logging.getLogger("interfaces.runtime")
 
 
 def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL7Intake | None = None):
-    """The web application; ``intake`` serves message reprocessing (built here when not given)."""
+    """The web application; ``intake`` serves message reprocessing and the mapping tools (built here
+    when not given)."""
     if intake is None:
-        intake = HL7Intake(settings, session_factory, load_profile(settings))
-    return create_app(settings, session_factory, read_factory, blueprints=[fhir],
-                      services={"reprocess_message": intake.reprocess})
+        intake = HL7Intake(settings, session_factory, load_profiles(settings))
+    return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
+                      services={"reprocess_message": intake.reprocess,
+                                "describe_mappings": intake.profiles.describe,
+                                "test_mapping": functools.partial(mapping_test, intake, settings)})
 
 
-def load_profile(settings: Settings):
-    return ProfileSet(settings.mappings_path).get(settings.mapping_profile)
+def load_profiles(settings: Settings) -> ProfileSet:
+    """The mapping folder (RIS_MAPPINGS_DIR). Files that do not load are logged and left out; the
+    default profile (RIS_MAPPING_PROFILE) must load."""
+    profiles = ProfileSet(settings.mappings_path, settings.mapping_profile, strict=False)
+    if settings.mapping_profile not in profiles.profiles and profiles.problems:
+        raise profiles.problems[0]
+    profiles.get(settings.mapping_profile)
+    return profiles
+
+
+class StartupError(RuntimeError):
+    """The engine cannot start; the message names the setting to change."""
+
+
+@contextlib.contextmanager
+def _listening(what: str, host: str, port: int, setting: str):
+    try:
+        yield
+    except OSError as exc:
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc} "
+                           f"(change {setting} or RIS_HOST)") from exc
 
 
 class Engine:
@@ -49,12 +77,15 @@ class Engine:
         self.db = make_engine(settings.database)
         upgrade(self.db)
         self.sessions = make_session_factory(self.db)
+        route_destinations(settings, self.sessions)  # outbox rows for the configured destinations (IHE RAD-3)
         self.read_sessions = make_session_factory(self.db, read_only=True)
-        self.profile = load_profile(settings)
-        self.intake = HL7Intake(settings, self.sessions, self.profile)
+        self.profiles = load_profiles(settings)
+        self.committer = GroupCommitter(self.sessions, name="hl7-group-commit") if settings.hl7_group_commit else None
+        self.intake = HL7Intake(settings, self.sessions, self.profiles, self.committer)
         self.mllp = MLLPServer(self.intake.handle_frame, settings.host, settings.mllp_port,
                                max_message_size=settings.hl7_max_message_size,
-                               idle_timeout=settings.mllp_idle_timeout, workers=settings.mllp_workers,
+                               idle_timeout=settings.mllp_idle_timeout, frame_timeout=settings.mllp_frame_timeout,
+                               workers=settings.mllp_workers,
                                max_connections=settings.mllp_max_connections,
                                ssl_context=server_context(settings.mllp_tls_cert, settings.mllp_tls_key,
                                                           settings.mllp_tls_ca),
@@ -62,25 +93,45 @@ class Engine:
         self.dicom = DicomServer(settings, self.sessions, self.read_sessions, ArchiveStore(settings.archive_path))
         self.wsgi = build_wsgi_app(settings, self.sessions, self.read_sessions, self.intake)
         self.http = None
-        self.scheduler = make_scheduler(settings, self.sessions, self.intake) if settings.scheduler_enabled else None
+        self.dispatcher = build_dispatcher(settings, self.sessions) if settings.scheduler_enabled else None
+        self.scheduler = (make_scheduler(settings, self.sessions, self.intake, self.dispatcher)
+                          if settings.scheduler_enabled else None)
         self._http_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.mllp.start()
-        self.dicom.start()
-        self.http = create_server(self.wsgi, host=self.settings.host, port=self.settings.http_port, threads=8)
+        """Start every listener; a port that cannot be bound raises :class:`StartupError` naming its setting
+        (what was started is stopped again)."""
+        if self.committer is not None:
+            self.committer.start()
+        s = self.settings
+        try:
+            with _listening("MLLP", s.host, s.mllp_port, "RIS_MLLP_PORT"):
+                self.mllp.start()
+            with _listening("DICOM", s.host, s.dicom_port, "RIS_DICOM_PORT"):
+                self.dicom.start()
+            with _listening("HTTP", s.host, s.http_port, "RIS_HTTP_PORT"):
+                self.http = create_server(self.wsgi, host=s.host, port=s.http_port, threads=8)
+        except StartupError:
+            self.stop()
+            raise
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         if self.scheduler is not None:
             self.scheduler.start()
         s = self.settings
         log.info("database %s", self.db.url.render_as_string(hide_password=True))
-        log.info("mapping profile %s (%s)", self.profile.label, self.profile.file)
+        for profile in self.profiles.profiles.values():
+            log.info("mapping profile %s (%s) for %s", profile.label, profile.file,
+                     ", ".join(map(str, profile.senders)) or
+                     ("other senders" if profile.name == s.mapping_profile else "no sender (a base)"))
         log.info("MLLP (HL7 v2%s) listening on %s:%s", " over TLS" if s.mllp_tls_cert else "", s.host, self.mllp.port)
         log.info("DICOM AE %s listening on %s:%s (echo, worklist, MPPS, storage; archive %s)",
                  s.dicom_aet, s.host, self.dicom.port, s.archive_path)
         log.info("HTTP listening on http://%s:%s (health /health, API /api, FHIR /fhir/metadata)",
                  s.host, self.http_port)
+        for d in s.destinations:
+            log.info("outbound destination %s: %s over MLLP to %s:%s%s", d.name, d.message, d.host, d.port,
+                     "" if d.enabled else " (disabled)")
 
     @property
     def http_port(self) -> int:
@@ -90,7 +141,11 @@ class Engine:
         log.info("stopping")
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.mllp.stop()
+        if self.committer is not None:
+            self.committer.stop()
         self.dicom.stop()
         if self.http is not None:
             self.http.close()

@@ -7,7 +7,15 @@ functools.partial, as pynetdicom's apps/qrscp does):
 - Modality Worklist Information Model - FIND, C-FIND (PS3.4 Annex K): interfaces.dicom.worklist;
 - Modality Performed Procedure Step, N-CREATE / N-SET (PS3.4 F.7): interfaces.dicom.mpps;
 - every Storage SOP Class pynetdicom knows (``AllStoragePresentationContexts``, PS3.4 Annex B), C-STORE:
-  interfaces.dicom.storage.
+  interfaces.dicom.storage (re-sent instances per setting dicom_resent_instance);
+- Patient Root and Study Root Query/Retrieve FIND, MOVE and GET (PS3.4 Annex C), C-FIND / C-MOVE / C-GET:
+  interfaces.dicom.query_retrieve (C-FIND requests are routed by SOP Class between it and the worklist);
+- Storage Commitment Push Model (PS3.4 Annex J), N-ACTION and N-EVENT-REPORT: interfaces.dicom.commitment.
+
+The storage contexts accept SCP/SCU Role Selection (PS3.7 D.3.3.4) with both roles, so that a C-GET SCU can
+take the SCP role and receive the instances on the same association. Association admission: at most
+``dicom_max_associations`` at once (more are rejected by pynetdicom, A-ASSOCIATE-RJ "local limit exceeded"); with
+``dicom_check_callers``, only the known AEs from their hosts (interfaces.dicom.network).
 
 Presentation contexts: on the acceptor side pynetdicom keeps one supported context per abstract syntax
 (``AE.add_supported_context`` extends the transfer syntaxes of an existing one) and has no limit on how many
@@ -18,20 +26,29 @@ the storage handler writes the bytes as received and decodes no pixel data.
 
 Every association socket gets TCP_NODELAY (pynetdicom never sets it; without it small DIMSE messages wait for
 delayed ACKs - about 20 stores/s instead of 140). It is set in the EVT_CONN_OPEN handler on
-``event.assoc.dul.socket.socket`` (the accepted ``socket.socket`` inside pynetdicom's AssociationSocket).
+``event.assoc.dul.socket.socket`` (the accepted ``socket.socket`` inside pynetdicom's AssociationSocket), and on
+the associations the AE requests itself (C-MOVE destinations, storage commitment reports).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
+import time
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 
+from app.services.archive import ResentPolicy
 from app.storage import ArchiveStore
-from interfaces.dicom import mpps, statuses, storage, worklist
+from config.settings import SettingsError
+from interfaces.dicom import commitment, mpps, query_retrieve, statuses, storage, worklist
+from interfaces.dicom.network import bind_caller_check, known_aes, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +73,20 @@ DIMSE_TIMEOUT = 60.0      # seconds to wait for a DIMSE message once an operatio
 NETWORK_TIMEOUT = 120.0   # an association silent this long is aborted (each costs two polling threads)
 
 
-def set_tcp_nodelay(event) -> None:
-    """EVT_CONN_OPEN: disable Nagle's algorithm on the new association's socket."""
-    try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError) as exc:  # the peer may already be gone
-        log.debug("TCP_NODELAY not set: %s", exc)
-
-
 def handle_echo(event) -> int:
     """EVT_C_ECHO: Verification (PS3.4 A.4)."""
     return statuses.SUCCESS
+
+
+def route_find(worklist_find, archive_find):
+    """EVT_C_FIND (one handler per event in pynetdicom): the worklist or the archive, by SOP Class."""
+
+    def handle_find(event):
+        if event.request.AffectedSOPClassUID == ModalityWorklistInformationFind:
+            return worklist_find(event)
+        return archive_find(event)
+
+    return handle_find
 
 
 class DicomServer:
@@ -74,6 +94,12 @@ class DicomServer:
 
     def __init__(self, settings, session_factory, read_factory, store: ArchiveStore):
         self.settings = settings
+        self.known_aes = known_aes(settings.dicom_known_aes)
+        try:
+            policy = ResentPolicy(settings.dicom_resent_instance)
+        except ValueError:
+            raise SettingsError(f"RIS_DICOM_RESENT_INSTANCE={settings.dicom_resent_instance!r}: "
+                                f"one of {', '.join(p.value for p in ResentPolicy)}") from None
         self.ae = AE(ae_title=settings.dicom_aet)
         self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.acse_timeout = ACSE_TIMEOUT
@@ -82,16 +108,27 @@ class DicomServer:
         self.ae.add_supported_context(Verification)
         self.ae.add_supported_context(ModalityWorklistInformationFind)
         self.ae.add_supported_context(ModalityPerformedProcedureStep)
+        self.ae.add_supported_context(StorageCommitmentPushModel)
+        for sop_class in query_retrieve.SOP_CLASSES:
+            self.ae.add_supported_context(sop_class)
         for context in AllStoragePresentationContexts:
-            self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES,
+                                          scu_role=True, scp_role=True)
+        self.commitment = commitment.CommitmentReporter(self.ae, settings, read_factory, store, self.known_aes)
         self.handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_FIND, worklist.bind(read_factory, settings)),
+            (evt.EVT_C_FIND, route_find(worklist.bind(read_factory, settings),
+                                        query_retrieve.bind_find(read_factory, settings))),
+            (evt.EVT_C_MOVE, query_retrieve.bind_move(read_factory, store, self.known_aes)),
+            (evt.EVT_C_GET, query_retrieve.bind_get(read_factory, store)),
             (evt.EVT_N_CREATE, mpps.bind_create(session_factory, settings)),
             (evt.EVT_N_SET, mpps.bind_set(session_factory, settings)),
-            (evt.EVT_C_STORE, storage.bind(session_factory, read_factory, store)),
+            (evt.EVT_N_ACTION, commitment.bind(self.commitment)),
+            (evt.EVT_C_STORE, storage.bind(session_factory, read_factory, store, policy)),
         ]
+        if settings.dicom_check_callers:
+            self.handlers.append((evt.EVT_REQUESTED, bind_caller_check(self.known_aes)))
         self._server = None
 
     def start(self) -> None:
@@ -100,7 +137,7 @@ class DicomServer:
             raise RuntimeError("DICOM server already started")
         self._server = self.ae.start_server((self.settings.host, self.settings.dicom_port), block=False,
                                             evt_handlers=self.handlers)
-        log.info("DICOM AE %s listening on %s:%d", self.settings.dicom_aet, self.settings.host, self.port)
+        log.debug("DICOM AE %s listening on %s:%d", self.settings.dicom_aet, self.settings.host, self.port)
 
     @property
     def port(self) -> int:
@@ -109,12 +146,21 @@ class DicomServer:
             raise RuntimeError("DICOM server not started")
         return self._server.server_address[1]
 
-    def stop(self) -> None:
-        """Stop listening and abort open associations."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop listening, give open associations up to ``grace`` seconds to finish (a modality in the middle
+        of sending a study is not cut off by a restart), then abort what is still open."""
         if self._server is None:
             return
-        self._server = None
+        server, self._server = self._server, None
+        server.shutdown()  # no new associations; the running ones go on
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if server.active_associations:
+            log.warning("DICOM AE %s: aborting %d association(s) still open after %.0f s",
+                        self.settings.dicom_aet, len(server.active_associations), grace)
         self.ae.shutdown()
+        self.commitment.shutdown()
         log.info("DICOM AE %s stopped", self.settings.dicom_aet)
 
     def __enter__(self) -> "DicomServer":

@@ -22,6 +22,24 @@ C-STORE (PS3.4 B.2.3, Table B.2-1)
     with the problem in the Error Comment;
   - anything else -> 0110 *Processing failure* (PS3.7 C.4 general status).
 
+C-STORE of a SOP Instance already archived, policy ``reject`` (setting dicom_resent_instance): ``Conflict`` ->
+  0111 *Duplicate SOP Instance* (PS3.7 C.4 general status).
+
+C-FIND / C-MOVE / C-GET, Query/Retrieve (PS3.4 C.4.1.1.4 Table C.4-1, C.4.2.1.5 Table C.4-2, C.4.3.1.4 Table C.4-3)
+  - ``InvalidInput`` (bad Query/Retrieve Level, malformed key, retrieve without the unique key of its level)
+    -> A900 *Identifier does not match SOP Class*; database unavailable -> A700; anything else -> C000;
+  - an unknown Move Destination -> A801 (:data:`MOVE_DESTINATION_UNKNOWN`, answered by pynetdicom when the
+    handler yields no address);
+  - sub-operations: all failed -> A702, some failed -> B000 with the Failed SOP Instance UID List, counted by
+    pynetdicom from the C-STORE responses.
+
+N-ACTION, Storage Commitment Push Model (PS3.4 J.3.2.1.2; codes of PS3.7 C.4)
+  - ``Unsupported`` (Action Type ID other than 1) -> 0123 *No such action type*;
+  - ``InvalidInput`` with ``missing`` -> 0120; other ``InvalidInput`` -> 0106; anything else -> 0110.
+  Per instance, in the Failed SOP Sequence of the N-EVENT-REPORT (PS3.4 J.3.3.1.1.2, Failure Reason (0008,1197)):
+  not durably stored -> 0112 *No such object instance*; stored with another SOP Class -> 0119 *Class-instance
+  conflict* (:func:`commitment_failure_reason`).
+
 N-CREATE / N-SET, Modality Performed Procedure Step (PS3.4 F.7.2.1.2 and F.7.2.2.2; codes of PS3.7 C.4)
   - N-CREATE ``Conflict`` (the SOP Instance exists) -> 0111 *Duplicate SOP Instance*;
   - N-SET ``NotFound`` -> 0112 *No such SOP Instance*;
@@ -40,7 +58,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import OperationalError
 
-from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCode
+from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCode, Unsupported
+from app.services.archive import CommitmentFailure
 from app.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -57,10 +76,27 @@ INVALID_ATTRIBUTE_VALUE = 0x0106
 DUPLICATE_SOP_INSTANCE = 0x0111
 NO_SUCH_SOP_INSTANCE = 0x0112
 MISSING_ATTRIBUTE = 0x0120
+NO_SUCH_ACTION_TYPE = 0x0123
+CLASS_INSTANCE_CONFLICT = 0x0119
+MOVE_DESTINATION_UNKNOWN = 0xA801
+UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+SUBOPERATIONS_WARNING = 0xB000
 MAY_NO_LONGER_BE_UPDATED = 0xA710   # Error ID (0000,0903) with 0110, PS3.4 Table F.7.2-2
 MAY_NO_LONGER_BE_UPDATED_COMMENT = "Performed Procedure Step Object may no longer be updated"
 
 C_FIND, C_STORE, N_CREATE, N_SET = "C-FIND", "C-STORE", "N-CREATE", "N-SET"
+C_MOVE, C_GET, N_ACTION = "C-MOVE", "C-GET", "N-ACTION"
+_QUERY_RETRIEVE = (C_FIND, C_MOVE, C_GET)
+
+_COMMITMENT_FAILURES = {
+    CommitmentFailure.NOT_STORED: NO_SUCH_SOP_INSTANCE,
+    CommitmentFailure.CLASS_CONFLICT: CLASS_INSTANCE_CONFLICT,
+}
+
+
+def commitment_failure_reason(reason: CommitmentFailure) -> int:
+    """Failure Reason (0008,1197) of an instance that is not committed (PS3.4 J.3.3.1.1.2)."""
+    return _COMMITMENT_FAILURES[reason]
 
 
 def failure(code: int, comment: str, *, operation: str = "", offending: int | None = None,
@@ -69,7 +105,7 @@ def failure(code: int, comment: str, *, operation: str = "", offending: int | No
     status = Dataset()
     status.Status = code
     status.ErrorComment = _comment(comment)
-    if offending is not None and operation in (C_FIND, C_STORE):
+    if offending is not None and operation in (*_QUERY_RETRIEVE, C_STORE):
         status.OffendingElement = [offending]
     if error_id is not None:
         status.ErrorID = error_id
@@ -77,7 +113,7 @@ def failure(code: int, comment: str, *, operation: str = "", offending: int | No
 
 
 def from_error(exc: BaseException, operation: str) -> Dataset:
-    """The status answering ``exc`` raised while serving ``operation`` (C-FIND, C-STORE, N-CREATE, N-SET)."""
+    """The status answering ``exc`` raised while serving ``operation`` (one of the operation names above)."""
     code, error_id, comment = _classify(exc, operation)
     if code in (PROCESSING_FAILURE, UNABLE_TO_PROCESS) and not isinstance(exc, DomainError):
         log.exception("%s failed", operation, exc_info=exc)
@@ -90,14 +126,20 @@ def _classify(exc: BaseException, operation: str) -> tuple[int, int | None, str]
     text = str(exc) or type(exc).__name__
     if isinstance(exc, (StorageError, OperationalError)):
         return OUT_OF_RESOURCES, None, text if isinstance(exc, StorageError) else "database unavailable"
-    if operation == C_FIND:
+    if operation in _QUERY_RETRIEVE:
         if isinstance(exc, (InvalidInput, UnknownCode)):
             return IDENTIFIER_DOES_NOT_MATCH, None, text
         return UNABLE_TO_PROCESS, None, f"unable to process: {type(exc).__name__}"
     if operation == C_STORE:
         if isinstance(exc, InvalidInput):
             return UNABLE_TO_PROCESS, None, text
+        if isinstance(exc, Conflict) and exc.location in ("PatientID", "AccessionNumber", "SeriesInstanceUID"):
+            return UNABLE_TO_PROCESS, None, text  # contradicts the archive (app.services.archive.check_identity)
+        if isinstance(exc, Conflict):
+            return DUPLICATE_SOP_INSTANCE, None, text
         return PROCESSING_FAILURE, None, f"processing failure: {type(exc).__name__}"
+    if operation == N_ACTION and isinstance(exc, Unsupported):
+        return NO_SUCH_ACTION_TYPE, None, text
     if isinstance(exc, InvalidInput):
         return (MISSING_ATTRIBUTE if exc.missing else INVALID_ATTRIBUTE_VALUE), None, text
     if isinstance(exc, UnknownCode):

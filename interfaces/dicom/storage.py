@@ -10,7 +10,11 @@ is then indexed and linked to its order (app.services.archive.index_instance) in
 - unreadable data set, or Study/Series/SOP Instance UID missing: failure, nothing written, nothing indexed;
 - the archive cannot take the file (StorageError): A700 out of resources, nothing indexed;
 - indexing fails after the write: the file is removed again (unless an earlier copy of the same instance is
-  indexed at that path), failure status.
+  indexed at that path), failure status;
+- a SOP Instance already archived (indexed, file present) follows the setting dicom_resent_instance
+  (app.services.archive.ResentPolicy): ``replace`` writes and re-indexes it, ``ignore`` answers success and
+  writes nothing, ``reject`` answers 0111 Duplicate SOP Instance and writes nothing. The check comes before
+  the write, so a rejected or ignored copy never overwrites the archived file.
 
 A failure never ends the association or the server.
 """
@@ -31,7 +35,7 @@ from app.commands import InstanceData
 from app.db import unit_of_work
 from app.errors import InvalidInput
 from app.models import Instance
-from app.services.archive import index_instance
+from app.services.archive import ResentPolicy, admit_instance, check_identity, index_instance
 from app.storage import ArchiveStore
 from interfaces.dicom import statuses
 from interfaces.dicom.values import text
@@ -57,6 +61,10 @@ def read_instance(encoded: bytes, **context) -> InstanceData:
 def instance_data(ds: Dataset, *, calling_aet: str = "", affected_sop_uid: str = "",
                   sop_class_uid: str = "") -> InstanceData:
     """What the archive index needs from a header; InvalidInput naming a missing identifying UID."""
+    if not any(text(ds, keyword) for keyword in (*_REQUIRED, "SOPClassUID", "PatientID", "Modality")):
+        raise InvalidInput("the data set cannot be read as a DICOM image: it has none of the identifying "
+                           "attributes (Study/Series/SOP Instance UID, SOP Class UID, Patient ID, Modality)",
+                           location="SOPInstanceUID")
     for keyword in _REQUIRED:
         if not text(ds, keyword):
             raise InvalidInput(f"{keyword} missing: the instance cannot be filed", location=keyword, missing=True)
@@ -75,7 +83,11 @@ def instance_data(ds: Dataset, *, calling_aet: str = "", affected_sop_uid: str =
         patient_id=text(ds, "PatientID", 64),
         issuer=text(ds, "IssuerOfPatientID", 64),
         patient_name=text(ds, "PatientName", 324),
+        patient_birth_date=text(ds, "PatientBirthDate", 8),
+        patient_sex=text(ds, "PatientSex", 16),
         accession_number=text(ds, "AccessionNumber"),
+        study_id=text(ds, "StudyID", 16),
+        referring_physician=text(ds, "ReferringPhysicianName", 324),
         study_date=text(ds, "StudyDate", 8),
         study_time=text(ds, "StudyTime", 16),
         study_description=text(ds, "StudyDescription", 64),
@@ -87,7 +99,8 @@ def instance_data(ds: Dataset, *, calling_aet: str = "", affected_sop_uid: str =
     )
 
 
-def handle_store(event, session_factory, read_factory, store: ArchiveStore) -> int | Dataset:
+def handle_store(event, session_factory, read_factory, store: ArchiveStore,
+                 policy: ResentPolicy = ResentPolicy.REPLACE) -> int | Dataset:
     """EVT_C_STORE: write the received bytes durably, then index; 0000 only after both."""
     relative = ""
     try:
@@ -96,6 +109,12 @@ def handle_store(event, session_factory, read_factory, store: ArchiveStore) -> i
         data = read_instance(encoded, calling_aet=event.assoc.requestor.ae_title,
                              affected_sop_uid=str(request.AffectedSOPInstanceUID or ""),
                              sop_class_uid=str(request.AffectedSOPClassUID or ""))
+        with unit_of_work(read_factory) as session:
+            check_identity(session, data)  # before the file is written: a refused copy overwrites nothing
+            if policy is not ResentPolicy.REPLACE and not admit_instance(session, store, data.sop_instance_uid,
+                                                                         policy):
+                log.info("re-sent %s from %s ignored (already archived)", data.sop_instance_uid, data.calling_aet)
+                return statuses.SUCCESS
         relative = store.relative_path(data.study_instance_uid, data.series_instance_uid, data.sop_instance_uid)
         size = store.write(relative, encoded)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status
@@ -134,6 +153,6 @@ def _discard(store: ArchiveStore, read_factory, relative: str, sop_uid: str) -> 
         log.exception("could not clean up %s after a failed store", relative)
 
 
-def bind(session_factory, read_factory, store: ArchiveStore):
+def bind(session_factory, read_factory, store: ArchiveStore, policy: ResentPolicy = ResentPolicy.REPLACE):
     return functools.partial(handle_store, session_factory=session_factory, read_factory=read_factory,
-                             store=store)
+                             store=store, policy=policy)

@@ -70,7 +70,7 @@ class _Echo:
     charset: str = ""
 
 
-def _version_tuple(version: str) -> tuple[int, ...] | None:
+def version_tuple(version: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in version.strip().split("."))
     except ValueError:
@@ -148,7 +148,7 @@ def _write_ack(
     for error in errors:
         if error.severity not in SEVERITIES:
             raise ValueError(f"error severity must be one of {sorted(SEVERITIES)}, not {error.severity!r}")
-    version = _version_tuple(echo.version)
+    version = version_tuple(echo.version)
     before_v25 = version is not None and version < (2, 5)
     msh = [
         "MSH",
@@ -224,7 +224,7 @@ def build_ack(
     )
 
 
-def _scrape_header(raw_text: str) -> _Echo:
+def scrape_header(raw_text: str) -> _Echo:
     """Best-effort header values of a message that could not be tokenized, ready for standard delimiters.
 
     Splits the first line on the character after 'MSH'; components are cut with the sender's first MSH-2
@@ -280,7 +280,7 @@ def build_reject_for_unparsable(
     sender's component separator cannot be trusted); the ERR names what was wrong. MSH-11 defaults to 'P' and
     MSH-12 to '2.5' when nothing can be scraped (both are required fields).
     """
-    echo = _scrape_header(raw_text)
+    echo = scrape_header(raw_text)
     if not echo.processing_id:
         echo = replace(echo, processing_id="P")
     if not echo.version:

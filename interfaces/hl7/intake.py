@@ -6,8 +6,9 @@ The flow of DESIGN.md section 3, "HL7 in":
 2. decoded by MSH-18 (interfaces.hl7.charsets), tokenized (interfaces.hl7.tokenizer);
 3. a resent message (same sender MSH-3^MSH-4, control id MSH-10 and bytes) gets the original ACK
    and changes nothing;
-4. the mapping profile turns it into domain commands, applied in one unit of work together with
-   the message's final status;
+4. the mapping profile of its sender (MSH-3/MSH-4; mappings.profile.ProfileSet) turns it into
+   domain commands, applied in one unit of work together with the message's final status and
+   the profile's name and version;
 5. the ACK (HL7 v2.5.1 2.9, original mode): AA when applied, AE with an ERR segment when the
    message could not be applied (the sender may correct and resend it; it is kept for reprocessing),
    AR when the engine refuses the message itself (unreadable, unsupported type).
@@ -32,17 +33,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.changes import ChangeRecorder
 from app.commands import Cause
 from app.db import unit_of_work
+from app.group_commit import GroupCommitStopped, GroupCommitter
 from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCode, Unsupported
-from app.models import InboundMessage, MessageStatus
+from app.models import InboundMessage, MessageStatus, Order
+from app.queries.worklist import to_item
 from app.services import messages as store
 from app.services.dispatch import apply_command
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
-from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable
+from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header, version_tuple
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
 from mappings.hl7v2 import Mapper, locate, message_type
-from mappings.profile import Profile
+from mappings.profile import Profile, ProfileSet, SingleProfile
 from mappings.transforms import Context
 
 log = logging.getLogger("interfaces.hl7.intake")
@@ -65,17 +68,35 @@ class Result:
     error: str = ""
     warnings: tuple[str, ...] = ()
     changes: list = dataclasses.field(default_factory=list)
-    raw: bytes = b""  # the message, to choose the reply by its acknowledgment rules
+    raw: bytes = b""  # the message
+    reply: bytes | None = None  # the answer on the connection when it is not ``ack`` (enhanced mode); b"": none
+    reply_differs: bool = False
 
     @classmethod
     def of(cls, row: InboundMessage) -> "Result":
         return cls(row.ack or b"", row.status, row.ack_code, row.error,
-                   tuple(w for w in row.warnings.split("\n") if w), list(row.changes or []), row.raw)
+                   tuple(w for w in row.warnings.split("\n") if w), list(row.changes or []), row.raw,
+                   row.reply, row.reply is not None)
+
+    @property
+    def answer(self) -> bytes | None:
+        """What is sent back on the connection (None: nothing)."""
+        return (self.reply or None) if self.reply_differs else self.ack
 
     def as_dict(self) -> dict:
         return {"status": self.status.value, "ack_code": self.ack_code, "error": self.error,
                 "warnings": list(self.warnings), "changes": self.changes,
                 "ack": self.ack.decode("latin-1").replace("\r", "\n")}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A dry run of one message (:meth:`HL7Intake.trial`): nothing of it was kept."""
+
+    result: Result
+    profile: Profile | None           # None: the message could not be read far enough to choose one
+    commands: list
+    worklist: list                     # app.queries.worklist.WorklistItem, as the worklist would offer them
 
 
 def _condition(value: str) -> str:
@@ -104,7 +125,9 @@ def ack_for_error(exc: Exception) -> Outcome:
     if isinstance(exc, Unsupported):
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("200", text, location))
     if isinstance(exc, HL7ParseError):
-        return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("102", exc.reason, exc.location))
+        # no MSH first: a segment sequence error (100); a header that cannot be read: a data type error (102)
+        code = "100" if exc.location == "MSH" else "102"
+        return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail(code, exc.reason, exc.location))
     if isinstance(exc, charsets.CharsetError):
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("102", str(exc), "MSH-18"))
     if isinstance(exc, StructureError):
@@ -125,11 +148,13 @@ def ack_for_error(exc: Exception) -> Outcome:
 class HL7Intake:
     """Applies HL7 v2 messages to the core. Thread-safe: one instance serves every connection."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], profile: Profile):
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+                 profiles: ProfileSet | SingleProfile | Profile, committer: GroupCommitter | None = None):
+        """``profiles``: the folder of profiles (chosen per message by sender), or one profile for all."""
         self.settings = settings
         self.factory = session_factory
-        self.profile = profile
-        self.mapper = Mapper(profile)
+        self.committer = committer
+        self.profiles = SingleProfile(profiles) if isinstance(profiles, Profile) else profiles
         self.site_tz = ZoneInfo(settings.site_timezone)
         self._ids = itertools.count(1)
         self._prefix = f"{int(time.time()):x}"
@@ -142,7 +167,25 @@ class HL7Intake:
         return self.handle(event.payload, peer=peer)
 
     def handle(self, raw: bytes, *, peer: str = "", transport: str = "mllp") -> bytes | None:
-        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
+
+        With a group committer (the engine's default) the message is stored and applied in one job of the
+        next group commit: one fsync is shared by the messages of every connection that arrive together.
+        Should that job fail for any reason (it is then rolled back as a whole, raw bytes included), the
+        message takes the separate path: stored in its own transaction, then applied with retries.
+        """
+        if self.committer is not None:
+            try:
+                outcome = self.committer.run(lambda session: self._store_and_apply(session, raw, peer, transport))
+            except GroupCommitStopped:
+                pass
+            except Exception as exc:  # noqa: BLE001 - nothing of it was kept: take the separate path
+                log.info("message from %s: group commit failed (%s), storing it on its own", peer, exc)
+            else:
+                if isinstance(outcome, Result):
+                    return outcome.answer
+                msg_id, batch = outcome
+                return self._process_batch(msg_id, batch, reprocess=False, dry_run=False).answer
         try:
             with unit_of_work(self.factory) as session:
                 msg_id = store.store_received(session, raw, transport=transport, peer=peer).id
@@ -151,44 +194,47 @@ class HL7Intake:
             return self._reject_unstored(raw, exc)
         return self.process(msg_id)
 
+    def _store_and_apply(self, session: Session, raw: bytes, peer: str, transport: str):
+        """Group-commit job: store ``raw`` and apply it; a Result, or (id, batch) for a batch stored with its
+        messages, to be applied once it is committed."""
+        started = time.perf_counter()
+        row = store.store_received(session, raw, transport=transport, peer=peer)
+        result, batch = self._process_row(session, row, reprocess=False, dry_run=False)
+        if batch is not None:
+            return row.id, batch
+        row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
     def process(self, msg_id: int) -> bytes | None:
         """Apply the stored message ``msg_id`` (also the recovery path for unfinished messages);
         returns the reply for the sender (None when its acknowledgment rules ask for none)."""
         result = self._with_retries(msg_id, reprocess=False, dry_run=False)
-        return self._answer(result)
+        return result.answer
 
-    def _answer(self, result: "Result") -> bytes | None:
-        """The reply on the connection, by the acknowledgment rules of HL7 v2.5.1 2.9.
+    def _reply(self, msg: Message, decoded, ack_code: str, ack: bytes, error: str) -> bytes | None:
+        """The answer on the connection, by the acknowledgment rules of HL7 v2.5.1 2.9.
 
         Original mode (MSH-15 and MSH-16 both empty): the application ACK (AA/AE/AR).
-        Enhanced mode (2.9.3): MSH-15 decides the accept ACK (CA: stored safely, even if applying it
-        failed; CR: refused), MSH-16 the application ACK, each under its condition AL/NE/ER/SU
-        (table 0155; empty MSH-15 counts as NE, empty MSH-16 as AL). When both are due, the accept
-        ACK is the reply: the standard sends application ACKs as messages of their own, which this
-        engine records (the message store keeps it) but does not send back yet.
+        Enhanced mode (2.9.3): MSH-15 decides the accept ACK, MSH-16 the application ACK, each under its
+        condition AL/NE/ER/SU (table 0155; empty MSH-15 counts as NE, empty MSH-16 as AL). The accept ACK
+        reports whether the message was taken into safe storage (2.9.3.1): CA for every stored message, CR
+        only for one refused as a message (our AR); whether it could be applied is the application ACK's
+        business (AA/AE). When both are due, the accept ACK is the answer: the standard sends application
+        ACKs as messages of their own, which this engine records (``ack`` in the store) but does not send yet.
         """
-        if not result.raw:
-            return result.ack
-        try:
-            decoded = self._decode(result.raw)
-            if is_batch(decoded.text):
-                return result.ack
-            msg = parse(decoded.text)
-        except (HL7ParseError, charsets.CharsetError):
-            return result.ack
         accept_type = _condition(msg.value("MSH", 15))
         app_type = _condition(msg.value("MSH", 16))
         if not accept_type and not app_type:
-            return result.ack
-        success = result.ack_code in ("AA", "CA")
-        if _wanted(accept_type or "NE", success):
-            code = "CR" if result.ack_code == "AR" else "CA"
-            errors = [] if code == "CA" else [ErrorDetail("207", result.error or "refused", None)]
+            return ack
+        accepted = ack_code != "AR"
+        if _wanted(accept_type or "NE", accepted):
+            code = "CA" if accepted else "CR"
+            errors = [] if accepted else [ErrorDetail("207", error or "refused", None)]
             text = build_ack(msg, code, errors=errors, app=self.settings.hl7_application,
                              facility=self.settings.hl7_facility, control_id=self._new_id(), now=self._now())
             return charsets.encode_text(text, decoded.codec)
-        if _wanted(app_type or "AL", success):
-            return result.ack
+        if _wanted(app_type or "AL", ack_code == "AA"):
+            return ack
         return None
 
     def reprocess(self, msg_id: int, *, dry_run: bool = False) -> "Result":
@@ -199,6 +245,32 @@ class HL7Intake:
         their messages.
         """
         return self._with_retries(msg_id, reprocess=True, dry_run=dry_run)
+
+    def trial(self, raw: bytes | None = None, *, message_id: int | None = None,
+              profile_name: str | None = None) -> "Trial":
+        """What a message (``raw``, or the stored message ``message_id``) would do, committing nothing:
+        the profile chosen for it (or ``profile_name``), the commands, the worklist items and the ACK.
+
+        The message is stored and applied in one transaction that is rolled back (the analyst's
+        dry run); a stored message is applied as a reprocess (no duplicate check).
+        """
+        session = self.factory()
+        try:
+            profile = self.profiles.get(profile_name) if profile_name else None
+            if message_id is not None:
+                row = session.get(InboundMessage, message_id)
+                if row is None:
+                    raise NotFound(f"no message {message_id}", location="message_id")
+            else:
+                row = store.store_received(session, raw or b"", transport="test", peer="mapping test")
+            trace: dict = {}
+            result, batch = self._process_row(session, row, reprocess=True, dry_run=True, profile=profile, trace=trace)
+            if batch is not None:
+                raise Unsupported("a batch: test its messages one by one", location="message")
+            return Trial(result, trace.get("profile"), list(trace.get("commands", [])), trace.get("worklist", []))
+        finally:
+            session.rollback()
+            session.close()
 
     def _with_retries(self, msg_id: int, *, reprocess: bool, dry_run: bool) -> "Result":
         for attempt in range(3):
@@ -261,8 +333,12 @@ class HL7Intake:
             session.close()
         return self._process_batch(msg_id, batch, reprocess=reprocess, dry_run=dry_run)
 
-    def _process_row(self, session: Session, row: InboundMessage, *, reprocess: bool, dry_run: bool):
-        """(result, None) for a message; (None, (decoded, [child ids])) for a batch to apply next."""
+    def _process_row(self, session: Session, row: InboundMessage, *, reprocess: bool, dry_run: bool,
+                     profile: Profile | None = None, trace: dict | None = None):
+        """(result, None) for a message; (None, (decoded, [child ids])) for a batch to apply next.
+
+        ``profile`` overrides the sender's profile; ``trace`` (a dry run's) receives the profile, the
+        commands and the worklist items the message gives before they are rolled back."""
         try:
             decoded = self._decode(row.raw)
             if is_batch(decoded.text):
@@ -271,6 +347,7 @@ class HL7Intake:
         except (HL7ParseError, charsets.CharsetError) as exc:
             outcome = ack_for_error(exc)
             ack = self._reject(row.raw.decode("latin-1"), outcome)
+            self._label_from_header(row, row.raw.decode("latin-1"))
             if not dry_run:
                 store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=str(exc))
             log.info("message %s from %s rejected: %s", row.id, row.peer, exc)
@@ -280,30 +357,40 @@ class HL7Intake:
         row.control_id = msg.control_id[:199]
         row.message_type = message_type(msg)[:32]
         row.charset = decoded.codec
-        row.profile = self.profile.label
+        profile = profile or self.profiles.for_sender(msg.sending_application, msg.sending_facility)
+        row.profile = profile.label[:128]
+        if trace is not None:
+            trace["profile"] = profile
         if not reprocess:
             window = dt.timedelta(days=self.settings.hl7_dedup_window_days)
             original = store.find_original(session, row, since=row.received_at - window)
-            if original is not None:
+            if original is not None:  # answered as the original was
                 if not dry_run:
                     store.finish(row, MessageStatus.DUPLICATE, ack=original.ack, ack_code=original.ack_code,
                                  warnings=[f"duplicate of message {original.id}"])
                     row.duplicate_of_fk = original.id
-                return Result(original.ack, MessageStatus.DUPLICATE, original.ack_code, raw=row.raw), None
+                    row.reply = original.reply
+                return Result(original.ack, MessageStatus.DUPLICATE, original.ack_code, raw=row.raw,
+                              reply=original.reply, reply_differs=original.reply is not None), None
 
         warnings = list(decoded.warnings)
-        ctx = self._context(msg, row)
+        ctx = self._context(msg, row, profile)
         savepoint = session.begin_nested()
         recorder = ChangeRecorder(session)
         try:
-            if self.profile.strict_structure:
+            if profile.strict_structure:
                 validate_structure(decoded.text)
-            result = self.mapper.commands(msg, ctx)
+            result = Mapper(profile).commands(msg, ctx)
+            if trace is not None:
+                trace["commands"] = result.commands
             cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
             for command in result.commands:
-                changed = apply_command(session, command, cause, uid_root=self.settings.uid_root,
-                                        accession_prefix=self.profile.accession_prefix)
+                changed = apply_command(session, command, cause, uid_root=profile.uid_root or self.settings.uid_root,
+                                        accession_prefix=profile.accession_prefix)
                 self._remember_keys(row, changed)
+                if trace is not None and isinstance(changed, Order):
+                    trace.setdefault("worklist", []).extend(
+                        to_item(step) for proc in changed.procedures for step in proc.steps)
             session.flush()
             warnings += result.warnings
             outcome = Outcome(MessageStatus.PROCESSED, "AA")
@@ -314,7 +401,7 @@ class HL7Intake:
         except Exception as exc:
             outcome = ack_for_error(exc)
             if isinstance(exc, DomainError) and exc.location and "." in exc.location:
-                where = locate(self.profile, exc.location, msg, ctx.origins) or exc.location
+                where = locate(profile, exc.location, msg, ctx.origins) or exc.location
                 outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, location=where))
             if not isinstance(exc, DomainError):
                 log.exception("message %s: unexpected failure", row.id)
@@ -323,17 +410,33 @@ class HL7Intake:
             savepoint.rollback()
         else:
             savepoint.commit()
-        ack_text = build_ack(msg, outcome.ack_code, errors=[outcome.error] if outcome.error else [],
+        ack_text = build_ack(msg, outcome.ack_code, errors=self._ack_errors(msg, outcome, warnings),
                              app=self.settings.hl7_application, facility=self.settings.hl7_facility,
                              control_id=self._new_id(), now=self._now())
         ack = charsets.encode_text(ack_text, decoded.codec)
         error = outcome.error.text if outcome.error else ""
+        reply = self._reply(msg, decoded, outcome.ack_code, ack, error)
+        differs = reply is not ack
         if not dry_run:
             store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=error, warnings=warnings,
                          changes=changes if outcome.status is MessageStatus.PROCESSED else [])
+            row.reply = (reply or b"") if differs else None
         log.debug("message %s %s -> %s", row.id, row.message_type, outcome.ack_code)
         return Result(ack, outcome.status, outcome.ack_code, error, tuple(warnings),
-                      changes if outcome.status is MessageStatus.PROCESSED else [], row.raw), None
+                      changes if outcome.status is MessageStatus.PROCESSED else [], row.raw,
+                      (reply or b"") if differs else None, differs), None
+
+    @staticmethod
+    def _ack_errors(msg: Message, outcome: Outcome, warnings: list[str]) -> list[ErrorDetail]:
+        """The ERR segments of the ACK: the error; for an applied message of v2.5 or later, one ERR of severity
+        W (table 0516) per warning (a value that could not be read and was left out, a charset mismatch...),
+        with code 0 "message accepted" (table 0357), so the sender learns it without the message failing.
+        Before v2.5 the ERR segment has no severity, so warnings stay in the message store only."""
+        if outcome.error:
+            return [outcome.error]
+        if outcome.ack_code != "AA" or not warnings or (version_tuple(msg.version) or (0,)) < (2, 5):
+            return []
+        return [ErrorDetail("0", warning[:250], None, "W") for warning in warnings[:10]]
 
     @staticmethod
     def _remember_keys(row: InboundMessage, changed) -> None:
@@ -348,6 +451,9 @@ class HL7Intake:
         """Store each message of a batch (HL7 v2.5.1 2.10.3) as its own message, once."""
         row.message_type = "BATCH"
         row.charset = decoded.codec
+        header = self._batch_header(decoded)
+        row.sender = f"{header['app']}^{header['facility']}"[:255]
+        row.control_id = header["control_id"][:199]
         existing = store.batch_children(session, row)
         if existing:
             return [child.id for child in existing]
@@ -373,25 +479,36 @@ class HL7Intake:
                              error="" if worst == "AA" else "a message of the batch was not applied")
         return Result(ack, status, worst, "", (), [c for r in results for c in r.changes])
 
-    def _batch_ack(self, decoded, results: list["Result"]) -> str:
-        """BHS ... one ACK per message ... BTS (wrapped in FHS/FTS when the batch came in a file)."""
+    @staticmethod
+    def _batch_header(decoded) -> dict[str, str]:
+        """The fields of the FHS or BHS that opens a batch (HL7 v2.5.1 2.15.2/2.15.5): separator, encoding
+        characters, sending application and facility (-3/-4), control id (-11), file or batch kind."""
         header = decoded.text.lstrip(" \t\r\n\x00\x0b\x1c\ufeff")
         sep = header[3] if len(header) > 3 else "|"
         fields = header.split("\r", 1)[0].split("\n", 1)[0].split(sep)
-        encoding = fields[1] if len(fields) > 1 else "^~\\&"
-        their_app, their_fac = (fields[2] if len(fields) > 2 else ""), (fields[3] if len(fields) > 3 else "")
-        reference = fields[10] if len(fields) > 10 else ""
+
+        def field(n: int, default: str = "") -> str:
+            return fields[n - 1] if len(fields) > n - 1 else default
+        return {"sep": sep, "encoding": field(2, "^~\\&"), "app": field(3), "facility": field(4),
+                "control_id": field(11), "file": "1" if header.startswith("FHS") else ""}
+
+    def _batch_ack(self, decoded, results: list["Result"]) -> str:
+        """BHS ... one ACK per message ... BTS (wrapped in FHS/FTS when the batch came in a file)."""
+        h = self._batch_header(decoded)
+        sep = h["sep"]
         now = timestamps.format_dtm(self._now().replace(microsecond=0))
-        head = sep.join(["", encoding, self.settings.hl7_application, self.settings.hl7_facility, their_app,
-                         their_fac, now, "", "", "", self._new_id(), reference])
+        head = sep.join(["", h["encoding"], self.settings.hl7_application, self.settings.hl7_facility, h["app"],
+                         h["facility"], now, "", "", "", self._new_id(), h["control_id"]])
         acks = "".join(r.ack.decode(decoded.codec, errors="replace") for r in results)
         lines = [f"BHS{head}", acks.rstrip("\r"), f"BTS{sep}{len(results)}"]
-        if header.startswith("FHS"):
+        if h["file"]:
             lines = [f"FHS{head}", *lines, f"FTS{sep}1"]
         return "\r".join(lines) + "\r"
 
-    def _context(self, msg: Message, row: InboundMessage) -> Context:
-        message_tz = None
+    def _context(self, msg: Message, row: InboundMessage, profile: Profile) -> Context:
+        """Times without an offset are in MSH-7's zone, else the profile's, else the site's
+        (HL7 v2.5.1 chapter 2A, data type DTM: a time without offset is the sender's local time)."""
+        message_tz = ZoneInfo(profile.timezone) if profile.timezone else None
         try:
             sent = timestamps.parse_dtm(msg.value("MSH", 7))
             if sent is not None and sent.tzinfo is not None:
@@ -420,11 +537,29 @@ class HL7Intake:
         try:
             with unit_of_work(self.factory) as session:
                 row = store.store_received(session, head, transport="mllp", peer=peer)
+                row.size = size
+                self._label_from_header(row, head.decode("latin-1"))
                 store.finish(row, outcome.status, ack=ack, ack_code="AR", error=problem,
                              warnings=["only the first bytes of the message are kept"])
         except Exception:
             log.exception("could not record an oversize message from %s", peer)
         return ack
+
+    @staticmethod
+    def _label_from_header(row: InboundMessage, text: str) -> None:
+        """Sender, control id and type read from the MSH line alone, for a message that cannot be read whole
+        (so that the analyst finds it by its control id)."""
+        line = text.lstrip(" \t\r\n\x00\x0b\x1c\ufeff").split("\r", 1)[0].split("\n", 1)[0]
+        try:
+            head = parse(line)
+        except HL7ParseError:  # even the MSH line cannot be tokenized: what a split on MSH-1 shows
+            echo = scrape_header(line)
+            row.sender = f"{echo.sending_application}^{echo.sending_facility}"[:255] if echo.control_id else ""
+            row.control_id = echo.control_id[:199]
+            return
+        row.sender = f"{head.sending_application}^{head.sending_facility}"[:255]
+        row.control_id = head.control_id[:199]
+        row.message_type = message_type(head)[:32]
 
     def _reject_unstored(self, raw: bytes, exc: Exception) -> bytes:
         return self._ack_or_reject(raw, Outcome(MessageStatus.ERROR, "AE",

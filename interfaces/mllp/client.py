@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import select
 import socket
 import ssl
 import time
@@ -90,6 +91,28 @@ class MLLPClient:
     def receive(self, timeout: float | None = None) -> bytes:
         """Return the payload of the next reply frame, waiting up to ``timeout`` s (default: the client's)."""
         return self._receive(time.monotonic() + (self.timeout if timeout is None else timeout))
+
+    def drop_if_stale(self) -> bool:
+        """Close an idle connection that the peer has closed, reset, or sent unasked-for bytes on (a late or
+        unsolicited reply must never be read as the answer to the next message). True when it was closed."""
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._replies:
+            self.close()
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            sock.setblocking(False)
+            sock.recv(_READ_SIZE)   # end of stream, or bytes nobody asked for: either way the state is unknown
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False   # TLS protocol records only (e.g. session tickets): nothing for us
+        except (OSError, ValueError):
+            pass
+        self.close()
+        return True
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

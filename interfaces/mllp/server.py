@@ -56,6 +56,7 @@ class MLLPStats:
     discarded_bytes: int = 0  # bytes outside frames and of unterminated frames
     handler_errors: int = 0  # handler calls that raised
     idle_closed: int = 0  # connections closed by the idle timeout
+    frame_timeouts: int = 0  # connections closed because a started frame was not completed in time
     tls_failures: int = 0  # failed or timed-out TLS handshakes
 
 
@@ -78,6 +79,7 @@ class MLLPServer:
         *,
         max_message_size: int = 16 * 1024 * 1024,
         idle_timeout: float = 600.0,
+        frame_timeout: float = 60.0,
         max_connections: int = 256,
         workers: int = 8,
         ssl_context: ssl.SSLContext | None = None,
@@ -90,6 +92,7 @@ class MLLPServer:
         self.host = host
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         self.max_connections = max_connections
         self.workers = workers
         self.ssl_context = ssl_context
@@ -170,7 +173,7 @@ class MLLPServer:
         finally:
             self._ready.set()
         tls = " (TLS)" if self.ssl_context is not None else ""
-        log.info("%s: listening on %s:%d%s", self.name, self.host, self._port, tls)
+        log.debug("%s: listening on %s:%d%s", self.name, self.host, self._port, tls)
         await self._stop_requested.wait()
         await self._shutdown(server)
 
@@ -240,12 +243,26 @@ class MLLPServer:
             return False
 
     async def _serve_connection(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        """Read frames until the peer closes, stays silent for ``idle_timeout`` or takes longer than
+        ``frame_timeout`` to complete a frame it started (BUG-06: timeouts apply to the whole frame, so a
+        sender trickling bytes cannot hold a connection slot forever)."""
         frames = FrameReader(self.max_message_size)
+        loop = asyncio.get_running_loop()
+        frame_deadline: float | None = None
         while not self._closing:
+            wait = self.idle_timeout
+            if frame_deadline is not None:
+                wait = max(0.0, min(wait, frame_deadline - loop.time()))
             try:
-                async with asyncio.timeout(self.idle_timeout):
+                async with asyncio.timeout(wait):
                     data = await reader.read(_READ_SIZE)
             except TimeoutError:
+                if frame_deadline is not None and loop.time() >= frame_deadline:
+                    self.stats.frame_timeouts += 1
+                    self.stats.discarded_bytes += frames.pending
+                    log.warning("%s: %s did not complete a frame within %.0f s: %d bytes lost, connection closed",
+                                self.name, conn.peer, self.frame_timeout, frames.pending)
+                    return
                 self.stats.idle_closed += 1
                 log.info("%s: closing idle connection from %s (nothing received for %.0f s)",
                          self.name, conn.peer, self.idle_timeout)
@@ -260,8 +277,13 @@ class MLLPServer:
             events = frames.feed(data)
             if frames.discarded != discarded:
                 self.stats.discarded_bytes += frames.discarded - discarded
-                log.debug("%s: %s: skipped %d bytes outside frames", self.name, conn.peer,
-                          frames.discarded - discarded)
+                skipped = frames.discarded - discarded
+                log.log(logging.DEBUG if skipped <= 2 else logging.WARNING,  # a stray CR LF between frames is common
+                        "%s: %s: skipped %d bytes outside MLLP frames", self.name, conn.peer, skipped)
+            if not frames.pending:
+                frame_deadline = None
+            elif frame_deadline is None or events:  # a new frame began in this read
+                frame_deadline = loop.time() + self.frame_timeout
             for event in events:
                 if self._closing:  # not answered: the sender resends it
                     return
