@@ -1,4 +1,4 @@
-"""JSON API: health, orders (with their linked studies), studies, inbound messages."""
+"""JSON API: health, orders (with their linked studies), studies, inbound messages, mapping profiles."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import text
 
 from app.db import unit_of_work
-from app.errors import InvalidInput, NotFound, Unsupported
+from app.errors import Conflict, InvalidInput, NotFound, Unsupported
 from app.models import LinkStatus, MessageStatus, OrderStatus
 from app.queries import orders as views
+from mappings.profile import ProfileError
 
 api = Blueprint("api", __name__)
 
@@ -99,10 +100,11 @@ def list_messages():
     return jsonify(messages=items, count=len(items))
 
 
-def _reprocessor():
-    service = current_app.extensions["ris.services"].get("reprocess_message")
+def _service(name: str):
+    """A service of another adapter, passed in by the composition root (interfaces.runtime)."""
+    service = current_app.extensions["ris.services"].get(name)
     if service is None:
-        raise Unsupported("message reprocessing is not available in this process", location="path")
+        raise Unsupported(f"{name.replace('_', ' ')} is not available in this process", location="path")
     return service
 
 
@@ -114,10 +116,19 @@ def _flag(value) -> bool:
 def reprocess_message(message_id: int):
     """Apply a stored message again; ``?dry_run=true`` shows the effect and changes nothing."""
     with _reader() as session:
-        if views.get_message(session, message_id) is None:
-            raise NotFound(f"no message {message_id}", location="message_id")
-    result = _reprocessor()(message_id, dry_run=_flag(request.args.get("dry_run", "")))
+        found = views.get_message(session, message_id)
+    if found is None:
+        raise NotFound(f"no message {message_id}", location="message_id")
+    _reprocessable(found["id"], found["transport"])
+    result = _service("reprocess_message")(message_id, dry_run=_flag(request.args.get("dry_run", "")))
     return jsonify(id=message_id, dry_run=_flag(request.args.get("dry_run", "")), **result.as_dict())
+
+
+def _reprocessable(message_id: int, transport: str) -> None:
+    """Only HL7 v2 messages are applied again through the HL7 intake: a FHIR request is refused (409)."""
+    if transport == "fhir":
+        raise Conflict(f"message {message_id} is a FHIR request (transport fhir): FHIR messages are not "
+                       "reprocessable yet; send the request to /fhir again", location="transport")
 
 
 @api.post("/api/messages/reprocess")
@@ -138,8 +149,10 @@ def reprocess_messages():
     dry_run = _flag(body.get("dry_run", False))
     with _reader() as session:
         ids = views.message_ids(session, limit=limit, **criteria)
-    service = _reprocessor()
-    results = [{"id": mid, **service(mid, dry_run=dry_run).as_dict()} for mid in ids]
+        fhir_ids = set(views.message_ids(session, limit=limit, transport="fhir", **criteria))
+    service = _service("reprocess_message")
+    results = [{"id": mid, "refused": "a FHIR request: FHIR messages are not reprocessable yet"} if mid in fhir_ids
+               else {"id": mid, **service(mid, dry_run=dry_run).as_dict()} for mid in ids]
     return jsonify(dry_run=dry_run, count=len(results), results=results)
 
 
@@ -150,3 +163,35 @@ def show_message(message_id: int):
     if item is None:
         raise NotFound(f"no message {message_id}", location="message_id")
     return jsonify(item)
+
+
+@api.get("/api/mappings")
+def list_mappings():
+    """The mapping profiles: name, version, files, senders; and the files refused (file, line, key)."""
+    return jsonify(_service("describe_mappings")())
+
+
+@api.post("/api/mappings/test")
+def test_mapping():
+    """What a message would do, committing nothing (JSON body: ``message`` text or ``message_id``,
+    optional ``profile``): parsed fields with their HL7 names, profile and version, commands,
+    worklist items, ACK."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object: {"message": "MSH|..."} or {"message_id": 12}',
+                           location="body")
+    message, message_id, profile = body.get("message"), body.get("message_id"), body.get("profile")
+    if (message is None) == (message_id is None):
+        raise InvalidInput("give either message (the HL7 text) or message_id (a stored message)", location="body")
+    if message is not None and (not isinstance(message, str) or not message.strip()):
+        raise InvalidInput("message must be the HL7 message as text", location="message")
+    if message_id is not None and (not isinstance(message_id, int) or isinstance(message_id, bool)):
+        raise InvalidInput("message_id must be a whole number", location="message_id")
+    if profile is not None and not isinstance(profile, str):
+        raise InvalidInput("profile must be a profile name", location="profile")
+    raw = message.replace("\r\n", "\r").replace("\n", "\r").encode("utf-8") if message is not None else None
+    try:
+        report = _service("test_mapping")(raw=raw, message_id=message_id, profile_name=profile or None)
+    except ProfileError as exc:
+        raise NotFound(str(exc), location="profile") from None
+    return jsonify(report)

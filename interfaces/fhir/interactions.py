@@ -1,0 +1,191 @@
+"""The FHIR R4 interactions on one unit of work, independent of the HTTP request that asks for them.
+
+The REST routes (interfaces.fhir.routes) and the batch/transaction processor (interfaces.fhir.bundle)
+both call these, so an entry of a transaction behaves exactly like the same request sent alone
+(http.html 3.1.0.11.2: "the same rules as for the individual interactions").
+
+- :func:`create_resource`: create (http.html 3.1.0.8) with conditional create (3.1.0.8.1, If-None-Exist:
+  no match creates, one match answers it with 200, several are 412);
+- :func:`update_resource`: update (3.1.0.4) with If-Match (3.1.0.4.1 "Managing Resource Contention":
+  412 when stale);
+- :func:`conditional_update`: conditional update (3.1.0.4.3): no match creates, one match updates, several 412;
+- versions kept for vread and _history (3.1.0.3): :func:`keep`, :func:`kept`.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl
+
+from fhir.resources import get_fhir_model_class as r5_model_class
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from app.models import ResourceVersion
+from interfaces.fhir import search as fhir_search
+from interfaces.fhir.datatypes import Context, numeric_id
+from interfaces.fhir.errors import FhirError, validation_error
+from interfaces.fhir.registry import KINDS, is_fhir_type
+
+
+# Lookups -------------------------------------------------------------------------------------
+def find_kind(type_name: str, interaction: str):
+    """The served type ``type_name`` if it offers ``interaction`` (404 unknown type, 405 interaction not offered)."""
+    kind = KINDS.get(type_name)
+    if kind is None:
+        served = ", ".join(KINDS)
+        if is_fhir_type(type_name):
+            raise FhirError(404, "not-supported", f"resource type {type_name} is not served by this server "
+                            f"(served: {served}; see /fhir/metadata)")
+        raise FhirError(404, "not-supported", f"{type_name!r} is not a FHIR R4 resource type (served: {served})")
+    if interaction not in kind.interactions:
+        offered = ", ".join(kind.interactions)
+        raise FhirError(405, "not-supported", f"interaction {interaction} is not supported for {type_name} "
+                        f"(supported: {offered})")
+    return kind
+
+
+def load(kind, session, rid: str):
+    number = numeric_id(rid)
+    obj = kind.load(session, number) if number is not None else None
+    if obj is None:
+        raise FhirError(404, "not-found", f"{kind.name}/{rid} does not exist", (f"{kind.name}.id",))
+    return obj
+
+
+def version_headers(kind, obj, resource: dict) -> dict:
+    headers = {"Last-Modified": resource["meta"]["lastUpdated"]}
+    if kind.versioned:
+        headers["ETag"] = f'W/"{obj.version}"'
+    return headers
+
+
+# Bodies --------------------------------------------------------------------------------------
+def read_json(raw: bytes, what: str):
+    """A request body as JSON (400 when empty, not UTF-8, malformed or not an object)."""
+    if not raw.strip():
+        raise FhirError(400, "required", f"the request body is empty; send {what}")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise FhirError(400, "structure", "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FhirError(400, "structure", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+            from None
+    if not isinstance(data, dict):
+        raise FhirError(400, "structure", f"the body must be a JSON object ({what}), not {type(data).__name__}")
+    return data
+
+
+def parse_resource(type_name: str, data: dict):
+    """``data`` as a validated R4 (R4B model) resource of ``type_name``."""
+    given = data.get("resourceType")
+    if given != type_name:
+        raise FhirError(400, "invalid", f"resourceType {given!r} does not match the URL ({type_name})",
+                        (f"{type_name}.resourceType",) if given is None else ())
+    model = get_fhir_model_class(type_name)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(type_name, exc, r5_hint=is_r5(type_name, data)) from None
+
+
+def is_r5(type_name: str, data: dict) -> bool:
+    """Whether a body refused as R4 is valid R5 (fhir.resources' default package): say so."""
+    try:
+        r5_model_class(type_name).model_validate(data)
+    except Exception:
+        return False
+    return True
+
+
+# History -------------------------------------------------------------------------------------
+def keep(session, kind, obj, resource: dict) -> None:
+    """Keep the rendered version (once) for vread (http.html 3.1.0.3)."""
+    if not kind.versioned:
+        return
+    exists = session.scalar(select(ResourceVersion.id).where(
+        ResourceVersion.resource_type == kind.name, ResourceVersion.resource_id == obj.id,
+        ResourceVersion.version == obj.version))
+    if exists is None:
+        session.add(ResourceVersion(resource_type=kind.name, resource_id=obj.id, version=obj.version,
+                                    content=resource))
+        session.flush()
+
+
+def kept(session, kind, number: int) -> list[ResourceVersion]:
+    return list(session.scalars(select(ResourceVersion).where(
+        ResourceVersion.resource_type == kind.name, ResourceVersion.resource_id == number)
+        .order_by(ResourceVersion.version.desc())))
+
+
+# Writes --------------------------------------------------------------------------------------
+def _matches(session, ctx: Context, kind, condition: str, what: str) -> list:
+    parsed = fhir_search.parse(kind.search_params, parse_qsl(condition.lstrip("?"), keep_blank_values=True),
+                               ctx, strict=True)
+    if not parsed.clauses:
+        raise FhirError(412, "invalid", f"{what} {condition!r} has no search criteria; it would match every "
+                        f"{kind.name}")
+    total, rows = kind.search(session, parsed.clauses, 2, 0)
+    if total > 1:
+        raise FhirError(412, "duplicate", f"{what} {condition!r} matches {total} {kind.name} resources; the "
+                        "condition must select at most one")
+    return rows
+
+
+def _written(session, ctx: Context, kind, obj) -> tuple[object, dict]:
+    session.flush()
+    session.expire_all()
+    obj = kind.load(session, obj.id)
+    rendered = kind.render(obj, ctx)
+    keep(session, kind, obj, rendered)
+    return obj, rendered
+
+
+def create_resource(session, ctx: Context, kind, resource, condition: str = "") -> tuple[int, object, dict]:
+    """(201, row, rendered) for a create; (200, the match, rendered) when ``condition`` (If-None-Exist) matches."""
+    if condition:
+        rows = _matches(session, ctx, kind, condition, "If-None-Exist")
+        if rows:
+            return 200, rows[0], kind.render(rows[0], ctx)
+    obj = kind.create(session, resource, ctx)
+    return (201, *_written(session, ctx, kind, obj))
+
+
+def update_resource(session, ctx: Context, kind, rid: str, resource, if_match: str = "") -> tuple[int, object, dict]:
+    """(200, row, rendered) for an update of ``kind``/``rid``; 412 when ``if_match`` is stale."""
+    if not resource.id:
+        raise FhirError(400, "required", f"an update needs {kind.name}.id equal to the id in the URL ({rid})",
+                        (f"{kind.name}.id",))
+    if resource.id != rid:
+        raise FhirError(400, "invalid", f"{kind.name}.id {resource.id!r} does not match the id in the URL ({rid!r})",
+                        (f"{kind.name}.id",))
+    obj = load(kind, session, rid)
+    if if_match and kind.versioned:
+        wanted = if_match.removeprefix("W/").strip('"')
+        if wanted != str(obj.version):
+            raise FhirError(412, "conflict", f"If-Match {if_match} is stale: {kind.name}/{rid} is at version "
+                            f"{obj.version}; read it again and reapply the change", ("If-Match",))
+    keep(session, kind, obj, kind.render(obj, ctx))  # the version being replaced stays readable
+    obj = kind.update(session, obj, resource, ctx)
+    return (200, *_written(session, ctx, kind, obj))
+
+
+def conditional_update(session, ctx: Context, kind, condition: str, data: dict,
+                       if_match: str = "") -> tuple[int, object, dict]:
+    """Conditional update ``PUT [type]?[search]`` (http.html 3.1.0.4.3): no match creates the resource (201),
+    one match updates it (200; a given id must be its id), several are 412."""
+    rows = _matches(session, ctx, kind, condition, "the conditional update")
+    if not rows:
+        if "create" not in kind.interactions:
+            raise FhirError(405, "not-supported", f"no {kind.name} matches {condition!r} and {kind.name} cannot be "
+                            "created here")
+        return create_resource(session, ctx, kind, parse_resource(kind.name, {k: v for k, v in data.items()
+                                                                              if k != "id"}))
+    target = rows[0]
+    if data.get("id") not in (None, str(target.id)):
+        raise FhirError(400, "invalid", f"{kind.name}.id {data['id']!r} is not the id of the resource the condition "
+                        f"selects ({target.id})", (f"{kind.name}.id",))
+    return update_resource(session, ctx, kind, str(target.id), parse_resource(kind.name, dict(data, id=str(target.id))),
+                           if_match)

@@ -1,0 +1,80 @@
+"""Task (FHIR R4 task.html) = a Scheduled Procedure Step, read and search only.
+
+Following the HL7 FHIR Imaging ServiceRequest/Task pattern: one Task per scheduled procedure step,
+``basedOn`` its ServiceRequest (the order), ``for`` the patient, ``code`` the modality (DICOM),
+``executionPeriod.start`` the scheduled start (site time with its offset), ``owner`` the scheduled
+station AE titles. Status from the step (DICOM PS3.3 C.4.10 plus the engine's HELD/CANCELLED):
+SCHEDULED accepted, HELD on-hold, ARRIVED/READY ready, STARTED/IN_PROGRESS in-progress (MPPS),
+COMPLETED completed, DISCONTINUED failed, CANCELLED cancelled.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from app.models import Order, ProcedureStep, RequestedProcedure, StepStatus
+from interfaces.fhir.datatypes import DCM, Context, site_instant, utc_instant
+from interfaces.fhir.kinds import Kind
+from interfaces.fhir.patient import patient_reference
+from interfaces.fhir.search import SearchParam, reference_param, token
+
+STATUS = {StepStatus.SCHEDULED: "accepted", StepStatus.HELD: "on-hold", StepStatus.ARRIVED: "ready",
+          StepStatus.READY: "ready", StepStatus.STARTED: "in-progress", StepStatus.IN_PROGRESS: "in-progress",
+          StepStatus.COMPLETED: "completed", StepStatus.DISCONTINUED: "failed", StepStatus.CANCELLED: "cancelled"}
+
+
+class TaskKind(Kind):
+    name = "Task"
+    model = ProcedureStep
+    documentation = "Scheduled procedure steps of the orders (read-only; they follow MPPS)."
+
+    def joined(self, stmt):
+        return stmt.join(ProcedureStep.procedure).join(RequestedProcedure.order)
+
+    def query(self):
+        return (self.joined(select(ProcedureStep))
+                .options(selectinload(ProcedureStep.stations),
+                         selectinload(ProcedureStep.procedure).selectinload(RequestedProcedure.order)
+                         .selectinload(Order.patient)))
+
+    def own_params(self) -> list[SearchParam]:
+        def status(value, _m, _ctx):
+            return ProcedureStep.status.in_([s for s, code in STATUS.items() if code == token(value)[1]])
+
+        return [
+            reference_param("based-on", "ServiceRequest", Order.id, "The order (ServiceRequest/<id>)",
+                            "http://hl7.org/fhir/SearchParameter/Task-based-on"),
+            reference_param("patient", "Patient", Order.patient_fk, "The patient (Patient/<id>)",
+                            "http://hl7.org/fhir/SearchParameter/Task-patient"),
+            SearchParam("status", "token", "accepted, on-hold, ready, in-progress, completed, failed, cancelled",
+                        status, definition="http://hl7.org/fhir/SearchParameter/Task-status"),
+            SearchParam("identifier", "token", "Scheduled Procedure Step ID",
+                        lambda v, _m, _c: ProcedureStep.sps_id == token(v)[1],
+                        definition="http://hl7.org/fhir/SearchParameter/Task-identifier"),
+            SearchParam("code", "token", "Modality (DICOM code, e.g. CT)",
+                        lambda v, _m, _c: ProcedureStep.modality == token(v)[1],
+                        definition="http://hl7.org/fhir/SearchParameter/Task-code"),
+        ]
+
+    def render(self, step: ProcedureStep, ctx: Context) -> dict:
+        proc = step.procedure
+        order = proc.order
+        resource = {
+            "resourceType": "Task", "id": str(step.id), "meta": self.meta(step),
+            "identifier": [{"type": {"text": "Scheduled Procedure Step ID"}, "value": step.sps_id}],
+            "basedOn": [{"reference": f"ServiceRequest/{order.id}"}],
+            "status": STATUS[step.status], "intent": "order",
+            "code": {"coding": [{"system": DCM, "code": step.modality}]},
+            "focus": {"reference": f"ServiceRequest/{order.id}"},
+            "for": patient_reference(order.patient),
+            "authoredOn": utc_instant(order.created_at),
+            "executionPeriod": {"start": site_instant(step.scheduled_start, ctx.site_tz)},
+        }
+        text = step.description or proc.description
+        if text:
+            resource["description"] = text
+            resource["code"]["text"] = text
+        if step.station_aets or step.station_name:
+            resource["owner"] = {"display": ", ".join(step.station_aets) or step.station_name}
+        return resource
