@@ -47,3 +47,17 @@ def read_factory(engine):
 def settings(tmp_path, db_url):
     return load_settings(env={}, data_dir=tmp_path, database_url=db_url, host="127.0.0.1",
                          mllp_port=0, dicom_port=0, http_port=0, site_timezone="Europe/Berlin")
+
+
+@pytest.fixture(params=["group-commit", "own-transaction"])
+def intake(request, settings, session_factory):
+    """The HL7 intake with the default profile, in both ways a message is committed: in a group with the
+    messages of other connections (the engine's default), or in a transaction of its own."""
+    from app.group_commit import GroupCommitter
+    from interfaces.hl7.intake import HL7Intake
+    from mappings.profile import ProfileSet
+
+    committer = GroupCommitter(session_factory).start() if request.param == "group-commit" else None
+    yield HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"), committer)
+    if committer is not None:
+        committer.stop()

@@ -12,9 +12,7 @@ from app.db import unit_of_work
 from app.models import InboundMessage, Patient
 from app.queries.worklist import Text, WorklistQuery, find_worklist_items
 from interfaces.hl7.charsets import decode_message
-from interfaces.hl7.intake import HL7Intake
 from interfaces.hl7.tokenizer import parse
-from mappings.profile import ProfileSet
 from tests.corpus import CORPUS, corpus_path
 
 FILES = sorted(p.name for p in (CORPUS / "hl7").glob("*.hl7")) if CORPUS.is_dir() else ["(corpus absent)"]
@@ -47,11 +45,6 @@ NOT_YET = ("ADT^A24",)  # A24 (link patients) is not handled
 BATCHES = {"batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7": ["AE"],      # XO of an unknown order
            "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7": ["AA"],
            "siu_batch_s12_s14_s15_v23_mirth_no_bhs.hl7": ["AA", "AA", "AA"]}
-
-
-@pytest.fixture
-def intake(settings, session_factory):
-    return HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"))
 
 
 def msas(ack: bytes) -> list[list[str]]:

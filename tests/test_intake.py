@@ -68,11 +68,6 @@ def err(ack: bytes) -> tuple[str, str, str]:
     return f"{seg_name}^{occurrence}^{field_no}", code, text
 
 
-@pytest.fixture
-def intake(settings, session_factory):
-    return HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"))
-
-
 def worklist(read_factory, **keys):
     with unit_of_work(read_factory) as session:
         return find_worklist_items(session, WorklistQuery(**{k: Text(v) for k, v in keys.items()}))
@@ -115,6 +110,17 @@ def test_resent_message_gets_the_original_ack_and_changes_nothing(intake, sessio
         assert session.scalar(select(func.count()).select_from(Order)) == 1
         statuses = [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))]
         assert statuses == [MessageStatus.PROCESSED, MessageStatus.DUPLICATE]
+
+
+def test_resent_message_after_an_application_error_is_applied_again(intake, read_factory):
+    """A CA that came before its NW is answered AE; resent once the order exists, it cancels it."""
+    early = intake.handle(orm("CA", "C3-CA"))
+    assert segments(early)["MSA"][1] == "AE"
+    assert segments(intake.handle(orm("NW", "C3-NW")))["MSA"][1] == "AA"
+    assert len(worklist(read_factory, accession_number="ACC-100")) == 1
+    again = intake.handle(orm("CA", "C3-CA"))
+    assert segments(again)["MSA"][1:3] == ["AA", "C3-CA"]
+    assert worklist(read_factory, accession_number="ACC-100") == []
 
 
 def test_reused_control_id_with_other_content_is_processed(intake, session_factory):
@@ -222,6 +228,33 @@ def test_oversize_frame_is_ar_and_recorded(intake, session_factory):
     with unit_of_work(session_factory) as session:
         msg = session.scalars(select(InboundMessage)).one()
         assert msg.status is MessageStatus.REJECTED and "too large" in msg.error
+        # found by what its header says, with its real size
+        assert (msg.control_id, msg.sender, msg.message_type, msg.size) == ("BIG", "HIS^HOSP", "ORM^O01", 99_000_000)
+
+
+def test_unreadable_message_is_still_found_by_its_control_id(intake, session_factory):
+    """MSH-2 is broken but the first line still shows the control id: the analyst can search for it."""
+    ack = intake.handle(b"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ADT^A01|CTRL-7|P|2.5\rPID|||1\r"
+                        .replace(b"^~\\&", b"^^\\&"))
+    assert segments(ack)["MSA"][1] == "AR"
+    with unit_of_work(session_factory) as session:
+        msg = session.scalars(select(InboundMessage)).one()
+        assert (msg.status, msg.control_id, msg.sender) == (MessageStatus.REJECTED, "CTRL-7", "HIS^HOSP")
+
+
+def test_frame_that_is_not_hl7_is_a_segment_sequence_error(intake):
+    ack = intake.handle(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert segments(ack)["MSA"][1] == "AR"
+    assert err(ack)[1] == "100" and "MSH" in err(ack)[2]
+
+
+@pytest.mark.parametrize("msh9, text", [("", "MSH-9 (message type) is empty"),
+                                        ("ACK", "message type ACK without a trigger event is not handled"),
+                                        ("ORM^O99", "message type ORM O99 is not handled")])
+def test_unhandled_message_type_is_named_plainly(intake, msh9, text):
+    ack = intake.handle(f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||{msh9}|T-1|P|2.5\rPID|||1\r".encode())
+    assert segments(ack)["MSA"][1:3] == ["AR", "T-1"]
+    assert err(ack)[1] == "200" and err(ack)[2].startswith(text)
 
 
 def test_unfinished_message_is_recovered(intake, session_factory, read_factory):
@@ -398,6 +431,9 @@ def test_omi_with_two_ipc_gives_two_steps(intake, read_factory):
     ("NE", "ER", None, "AE"),
     ("NE", "SU", "AA", None),
     ("AL", "", "CA", "CA"),        # empty MSH-16 counts as AL, the accept ACK answers
+    ("ER", "ER", None, "AE"),      # stored fine (no accept ACK due), not applied: the application error is sent
+    ("ER", "AL", "AA", "AE"),
+    ("SU", "ER", "CA", "CA"),      # stored: the accept ACK (its success) answers
 ])
 def test_enhanced_acknowledgment_mode(intake, session_factory, accept, application, ok_reply, error_reply):
     def with_mode(message: bytes) -> bytes:
@@ -409,8 +445,14 @@ def test_enhanced_acknowledgment_mode(intake, session_factory, accept, applicati
 
     assert code(intake.handle(with_mode(orm("NW", "E1")))) == ok_reply
     assert code(intake.handle(with_mode(orm("CA", "E2", placer="NOPE")))) == error_reply
+    assert code(intake.handle(with_mode(orm("CA", "E2", placer="NOPE")))) == error_reply  # resent: same answer
     with unit_of_work(session_factory) as session:
-        assert [m.ack_code for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == ["AA", "AE"]
+        rows = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        assert [m.ack_code for m in rows[:2]] == ["AA", "AE"]
+        # the store says what was answered on the connection
+        for row, sent in zip(rows[:2], (ok_reply, error_reply)):
+            answered = row.ack if row.reply is None else row.reply
+            assert (segments(answered)["MSA"][1] if answered else None) == sent
 
 
 def test_enhanced_mode_refusal_is_cr(intake):
@@ -435,3 +477,24 @@ def test_strict_structure_profile_refuses_a_malformed_message(settings, session_
     location, code, text = err(ack)
     assert (location.split("^")[0], code) == ("EVN", "100") and "EVN" in text
     shutil.rmtree(folder)
+
+
+def test_unreadable_value_is_applied_and_the_ack_warns_in_v25(intake, read_factory):
+    """An order time that cannot be read falls back (here: the time of receipt) and is applied; from v2.5 on
+    the AA carries an ERR of severity W naming the problem, so the HIS learns it (review finding 7)."""
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|W-1|P|2.5",
+              "PID|||PAT-W^^^HOSP||WARN^WILMA||19800101|F", "ORC|NW|PL-W^HIS|||||^^^2026ABCD",
+              "OBR|1|PL-W^HIS||CTH^CT head^L||||||||||||||ACC-W|RP-W|SPS-W||||CT")
+    ack = intake.handle(raw)
+    assert segments(ack)["MSA"][1:3] == ["AA", "W-1"]
+    fields = segments(ack)["ERR"]
+    assert fields[3].split("^")[0] == "0" and fields[4] == "W" and "2026ABCD" in fields[8]
+    assert len(worklist(read_factory, accession_number="ACC-W")) == 1
+
+
+def test_warnings_stay_out_of_a_v23_ack(intake):
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|W-2|P|2.3.1",
+              "PID|||PAT-W^^^HOSP||WARN^WILMA||19800101|F", "ORC|NW|PL-W2^HIS|||||^^^2026ABCD",
+              "OBR|1|PL-W2^HIS||CTH^CT head^L||||||||||||||ACC-W2|RP-W|SPS-W||||CT")
+    ack = intake.handle(raw)
+    assert segments(ack)["MSA"][1] == "AA" and "ERR" not in segments(ack)

@@ -8,23 +8,15 @@ import random
 import threading
 import time
 
-import pytest
 from sqlalchemy import func, select
 
 from app.db import unit_of_work
 from app.models import InboundMessage, Patient
 from app.queries.worklist import Text, WorklistQuery, find_worklist_items
-from interfaces.hl7.intake import HL7Intake
 from interfaces.mllp.client import MLLPClient
 from interfaces.mllp.server import MLLPServer
-from mappings.profile import ProfileSet
 from tests.corpus import CORPUS
 from tests.test_intake import adt, orm
-
-
-@pytest.fixture
-def intake(settings, session_factory):
-    return HL7Intake(settings, session_factory, ProfileSet(settings.mappings_path).get("default"))
 
 
 def serve(handler, intake):

@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,65 @@ def tmp_out(tmp_path) -> Path:
     out.mkdir()
     yield out
     shutil.rmtree(out, ignore_errors=True)
+
+
+# Query/retrieve and storage commitment peers -------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port free on loopback now (the peer binds it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen | None = None, attempts: int = 100) -> None:
+    """Poll a loopback port until it accepts (at most ``attempts`` x 0.05 s)."""
+    for _ in range(attempts):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"peer exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    """DCMTK storescp (AE STORESCP, every transfer syntax) on a free port, as a C-MOVE destination.
+
+    Yields (port, folder of received files); stopped by its PID. DCMTK 3.6.7 storescp has no bind option: it
+    listens on every interface, and the tests reach it on 127.0.0.1 only.
+    """
+    folder = tmp_path / "storescp"
+    folder.mkdir()
+    port = free_port()
+    env = dict(os.environ, TCP_NODELAY="1")
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "+xa", "-od", str(folder), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_listening(port, proc)
+        yield port, folder
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def received_files(folder: Path) -> list[Dataset]:
+    return [dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def archive_datasets(port: int, *datasets: Dataset) -> None:
+    """C-STORE each data set into the engine (the real storage path), asserting success."""
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    ae = scu(*[(c, [t]) for c, t in contexts])
+    assoc = associate(ae, port)
+    try:
+        for ds in datasets:
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()

@@ -80,14 +80,17 @@ def test_fhir_capability_statement_says_what_exists(client):
     body = response.json
     assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
     assert body["rest"][0]["mode"] == "server"
-    assert body["rest"][0].get("resource", []) == []
+    assert [r["type"] for r in body["rest"][0]["resource"]] == ["Patient", "ServiceRequest", "Task", "ImagingStudy",
+                                                                  "Appointment"]
 
 
 def test_unknown_fhir_resource_is_an_operation_outcome(client):
     response = client.get("/fhir/Patient/1")
     assert response.status_code == 404 and response.mimetype == "application/fhir+json"
     assert response.json["resourceType"] == "OperationOutcome"
-    assert response.json["issue"][0]["code"] == "not-supported"
+    assert response.json["issue"][0]["code"] == "not-found"
+    assert client.get("/fhir/Appointment/1").json["issue"][0]["code"] == "not-found"
+    assert client.get("/fhir/Observation/1").json["issue"][0]["code"] == "not-supported"
 
 
 CANCEL_UNKNOWN = ORDER.replace(b"ORC|NW|", b"ORC|CA|").replace(b"|API-1|", b"|API-2|")

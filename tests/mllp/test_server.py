@@ -203,6 +203,36 @@ def test_idle_timeout_closes_the_connection(make_server):
     assert wait_until(lambda: server.stats.idle_closed == 1 and server.stats.active == 0)
 
 
+def test_a_frame_trickled_byte_by_byte_is_cut_off_by_the_frame_timeout(make_server):
+    """BUG-06: the timeout applies to the whole frame; one byte now and then does not keep it open."""
+    server = make_server(idle_timeout=5, frame_timeout=0.6)
+    with raw_connect(server.port) as sock:
+        sock.sendall(b"\x0bMSH|")
+        started = time.monotonic()
+        closed = False
+        for _ in range(40):  # one byte every 0.1 s: never idle for long
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                closed = True
+                break
+            if wait_until(lambda: server.stats.frame_timeouts == 1, timeout=0.1):
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 3
+    assert wait_until(lambda: server.stats.active == 0)
+    assert server.stats.frame_timeouts == 1 and server.stats.idle_closed == 0
+
+
+def test_frames_completed_in_time_reset_the_frame_timeout(make_server):
+    server = make_server(idle_timeout=5, frame_timeout=0.5)
+    with MLLPClient(HOST, server.port, timeout=5) as client:
+        for i in range(4):  # 4 frames over about 1.2 s, each complete within its own 0.5 s
+            assert client.send(f"MSH|{i}".encode()) == f"ACK:MSH|{i}".encode()
+            time.sleep(0.3)
+    assert server.stats.frame_timeouts == 0
+
+
 def test_max_connections(make_server):
     server = make_server(max_connections=2)
     first, second = MLLPClient(HOST, server.port, timeout=5), MLLPClient(HOST, server.port, timeout=5)
