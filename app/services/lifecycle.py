@@ -33,6 +33,7 @@ from app.commands import Cause
 from app.errors import Conflict
 from app.models import ProcedureState as S
 from app.models import ProcedureTransition, RequestedProcedure
+from app.rows import children_changed, insert_rows
 
 TRANSITIONS: dict[S, frozenset[S]] = {
     # ORDERED -> IN_PROGRESS: a modality performed it without a slot (walk-in, or after a no-show)
@@ -63,10 +64,19 @@ def describe(procedure: RequestedProcedure) -> str:
 
 def check(procedure: RequestedProcedure, target: S, *, action: str = "") -> None:
     """Refuse (Conflict, naming the current state) a transition the table does not allow."""
-    current = procedure.state
+    order = procedure.order
+    check_state(procedure.requested_procedure_id, order.accession_number if order is not None else "",
+                procedure.state, target, action=action)
+
+
+def check_state(requested_procedure_id: str, accession_number: str, current: S, target: S, *,
+                action: str = "") -> None:
+    """:func:`check` for a procedure known by its identifiers and current state (the Core paths' rows)."""
     if not allowed(current, target):
         doing = action or f"move it to {target.value}"
-        raise Conflict(f"{describe(procedure)} is {current.value}; cannot {doing}", location="procedure.state")
+        accession = f" of order {accession_number}" if accession_number else ""
+        raise Conflict(f"procedure {requested_procedure_id}{accession} is {current.value}; cannot {doing}",
+                       location="procedure.state")
 
 
 def check_all(procedures: Iterable[RequestedProcedure], target: S, *, action: str = "") -> None:
@@ -92,12 +102,25 @@ def begin(session: Session, procedure: RequestedProcedure, cause: Cause) -> Proc
     return row
 
 
+def _values(before: S | None, after: S, cause: Cause, note: str) -> dict:
+    return {"from_state": before, "to_state": after, "cause_kind": (cause.kind or "")[:32],
+            "cause_reference": (cause.reference or "")[:255], "cause_sender": (cause.sender or "")[:255],
+            "cause_message_fk": cause.message_fk, "note": (note or "")[:255]}
+
+
 def _record(procedure: RequestedProcedure, before: S | None, after: S, cause: Cause, note: str) -> ProcedureTransition:
-    row = ProcedureTransition(from_state=before, to_state=after, cause_kind=(cause.kind or "")[:32],
-                              cause_reference=(cause.reference or "")[:255], cause_sender=(cause.sender or "")[:255],
-                              cause_message_fk=cause.message_fk, note=(note or "")[:255])
+    row = ProcedureTransition(**_values(before, after, cause, note))
     procedure.transitions.append(row)
     return row
+
+
+def record(session: Session, procedure_id: int, steps: list[tuple[S | None, S]], cause: Cause, *,
+           note: str = "") -> None:
+    """Record transitions of the procedure ``procedure_id`` whose state the caller wrote with Core (app.rows):
+    ``steps`` are (from, to) pairs already checked against the table, oldest first."""
+    insert_rows(session, ProcedureTransition.__table__,
+                [{"procedure_fk": procedure_id, **_values(before, after, cause, note)} for before, after in steps])
+    children_changed(session, RequestedProcedure, [procedure_id], "transitions")
 
 
 def history_view(procedure: RequestedProcedure) -> list[dict]:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from sqlalchemy import select
+from dataclasses import dataclass, field, fields
+
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import InboundMessage, MessageStatus, utcnow
+from app.rows import insert_row, read, run
 
 # What a resend gets again instead of being applied: the answer of a message that was applied (AA) or refused
 # for what it is (AR). A message answered AE changed nothing and may succeed now (the order it cancels has
@@ -30,6 +33,7 @@ def digest(raw: bytes) -> str:
 
 def store_received(session: Session, raw: bytes, *, transport: str, peer: str,
                    received_at: dt.datetime | None = None) -> InboundMessage:
+    """Add the received bytes as an ORM InboundMessage (flushed: it has its id)."""
     msg = InboundMessage(raw=raw, size=len(raw), digest=digest(raw), transport=transport, peer=peer,
                          status=MessageStatus.RECEIVED, received_at=received_at or utcnow())
     session.add(msg)
@@ -37,18 +41,76 @@ def store_received(session: Session, raw: bytes, *, transport: str, peer: str,
     return msg
 
 
-def find_original(session: Session, msg: InboundMessage, since: dt.datetime | None = None) -> InboundMessage | None:
-    """The earlier, answered message this one repeats (same sender, control id and bytes),
-    received after ``since`` (the duplicate window)."""
+@dataclass
+class MessageRow:
+    """An inbound message as the intake's hot path keeps it (app.rows): the columns of InboundMessage as a
+    plain object, inserted by :func:`receive` and written back by :func:`save`. The intake treats it and an
+    ORM InboundMessage alike (same attribute names)."""
+
+    id: int
+    received_at: dt.datetime
+    transport: str
+    peer: str
+    raw: bytes
+    size: int
+    digest: str
+    status: MessageStatus = MessageStatus.RECEIVED
+    sender: str = ""
+    control_id: str = ""
+    message_type: str = ""
+    charset: str = ""
+    ack_code: str = ""
+    ack: bytes | None = None
+    reply: bytes | None = None
+    error: str = ""
+    warnings: str = ""
+    profile: str = ""
+    duplicate_of_fk: int | None = None
+    batch_fk: int | None = None
+    patient_key: str = ""
+    accession_number: str = ""
+    changes: list = field(default_factory=list)
+    attempts: int = 0
+    processed_at: dt.datetime | None = None
+    duration_ms: float | None = None
+
+
+_M = InboundMessage.__table__
+_FIXED = ("id", "received_at", "transport", "peer", "raw", "digest")
+_WRITTEN = tuple(f.name for f in fields(MessageRow) if f.name not in _FIXED)
+_SAVE = update(_M).where(_M.c.id == bindparam("v__id")).values({c: bindparam(f"v_{c}") for c in _WRITTEN})
+
+
+def receive(session: Session, raw: bytes, *, transport: str, peer: str,
+            received_at: dt.datetime | None = None) -> MessageRow:
+    """Insert the received bytes (status RECEIVED) with a Core statement; the row as a :class:`MessageRow`."""
+    row = MessageRow(0, received_at or utcnow(), transport, peer, raw, len(raw), digest(raw))
+    row.id = insert_row(session, _M, {"received_at": row.received_at, "transport": transport, "peer": peer, "raw": raw,
+                                      "size": row.size, "digest": row.digest, "status": MessageStatus.RECEIVED},
+                        record=False)
+    return row
+
+
+def save(session: Session, row: MessageRow | InboundMessage) -> None:
+    """Write back what processing set on ``row`` (an ORM InboundMessage is written by the session's flush)."""
+    if isinstance(row, MessageRow):
+        run(session, _SAVE, {"v__id": row.id, **{f"v_{c}": getattr(row, c) for c in _WRITTEN}})
+
+
+_ORIGINAL = (select(_M.c.id, _M.c.ack, _M.c.ack_code, _M.c.reply)
+             .where(_M.c.sender == bindparam("sender"), _M.c.control_id == bindparam("control_id"),
+                    _M.c.digest == bindparam("digest"), _M.c.id != bindparam("id"),
+                    or_(*(_M.c.status == s for s in FINAL)), _M.c.received_at >= bindparam("since"))
+             .order_by(_M.c.id).limit(1))
+
+
+def find_original(session: Session, msg, since: dt.datetime | None = None):
+    """The earlier, answered message this one repeats (same sender, control id and bytes), received after
+    ``since`` (the duplicate window): a row with its id, ack, ack_code and reply, or None."""
     if not msg.control_id:
         return None
-    q = (select(InboundMessage)
-         .where(InboundMessage.sender == msg.sender, InboundMessage.control_id == msg.control_id,
-                InboundMessage.digest == msg.digest, InboundMessage.id != msg.id,
-                InboundMessage.status.in_(FINAL)))
-    if since is not None:
-        q = q.where(InboundMessage.received_at >= since)
-    return session.scalars(q.order_by(InboundMessage.id)).first()
+    return read(session, _ORIGINAL, {"sender": msg.sender, "control_id": msg.control_id, "digest": msg.digest,
+                                     "id": msg.id, "since": since or dt.datetime(1900, 1, 1)}).first()
 
 
 def batch_children(session: Session, parent: InboundMessage) -> list[InboundMessage]:

@@ -10,17 +10,21 @@ from the accession, so it is the same if the order is sent again (BUG-03).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.services import lifecycle, scheduling
-
+from app.changes import note
 from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Order, OrderStatus, ProcedureState, ProcedureStep, RequestedProcedure, StepStation, StepStatus
+from app.models import (Appointment, AppointmentStatus, LinkStatus, Order, OrderStatus, Patient, ProcedureState,
+                        ProcedureStep, RequestedProcedure, StepStation, StepStatus, Study)
+from app.rows import changed, insert_row, insert_rows, plain, read, run, update_row
+from app.services import lifecycle, scheduling
 from app.services.archive import link_waiting_studies
-from app.services.outbox import order_status_changed
-from app.services.patients import register_patient
+from app.services.outbox import ORDER_STATUS, destinations_for, order_status_changed
+from app.services.patients import PatientRecord, register, register_patient
 from app.uids import derived_uid
 from app.validation import clip, identifier, uid
 from app.vocabulary import MODALITIES
@@ -28,67 +32,145 @@ from app.vocabulary import MODALITIES
 OPEN_STEP_STATUSES = (StepStatus.SCHEDULED, StepStatus.HELD, StepStatus.ARRIVED, StepStatus.READY, StepStatus.UNSCHEDULED)
 
 
-def find_order(session: Session, ref: OrderRef) -> Order | None:
-    """The order a message refers to, by placer number (+ issuer), filler number or accession.
+_O = Order.__table__
+_P = Patient.__table__
+_RP = RequestedProcedure.__table__
+_S = ProcedureStep.__table__
+_ST = StepStation.__table__
+_STUDY = Study.__table__
+_APPT = Appointment.__table__
+
+_ORDER_ROW = select(_O.c.id, _O.c.placer_order_number, _O.c.placer_issuer, _O.c.filler_order_number,
+                    _O.c.accession_number, _O.c.status, _O.c.reason, _P.c.patient_id).join(_P, _P.c.id == _O.c.patient_fk)
+_BY = {name: _ORDER_ROW.where(column == bindparam("v")).order_by(_O.c.id.desc())
+       for name, column in (("placer", _O.c.placer_order_number), ("filler", _O.c.filler_order_number),
+                            ("accession", _O.c.accession_number))}
+_PROCEDURES = select(_RP.c.id, _RP.c.requested_procedure_id, _RP.c.state).where(
+    _RP.c.order_fk == bindparam("order")).order_by(_RP.c.id)
+_STEPS = select(_S.c.id, _S.c.procedure_fk, _S.c.status).join(_RP, _RP.c.id == _S.c.procedure_fk).where(
+    _RP.c.order_fk == bindparam("order")).order_by(_S.c.id)
+_SET_ACCESSION = update(_O).where(_O.c.id == bindparam("order")).values(accession_number=bindparam("accession"))
+_SET_STEP_STATUS = update(_S).where(_S.c.id.in_(bindparam("ids", expanding=True))).values(status=bindparam("status"))
+_SET_STATE = update(_RP).where(_RP.c.id.in_(bindparam("ids", expanding=True))).values(state=bindparam("state"))
+_RELEASE = update(_APPT).where(_APPT.c.step_fk.in_(bindparam("ids", expanding=True)),
+                               _APPT.c.status == AppointmentStatus.BOOKED).values(status=AppointmentStatus.CANCELLED)
+_WAITING = select(_STUDY.c.id).where(_STUDY.c.link_status == LinkStatus.UNMATCHED, or_(
+    _STUDY.c.accession_number == bindparam("accession"),
+    _STUDY.c.study_instance_uid.in_(bindparam("uids", expanding=True)))).limit(1)
+
+
+@dataclass
+class OrderRecord:
+    """An order as the hot paths return it (app.rows): its key, accession, status and patient."""
+
+    id: int
+    accession_number: str
+    status: OrderStatus
+    patient: PatientRecord | None = None
+    patient_id: str = ""
+    procedure_ids: list[int] = field(default_factory=list)
+
+
+def find_order_row(session: Session, ref: OrderRef):
+    """The order a message refers to, by placer number (+ issuer), filler number or accession: a row with
+    its identifiers, status and the patient's id.
 
     The first identifier given selects the candidates; a candidate must agree with every other
     identifier the message gives (an order is never found by its accession number when the
     message names another placer order).
     """
-    if ref.placer_order_number:
-        q = select(Order).where(Order.placer_order_number == ref.placer_order_number)
-    elif ref.filler_order_number:
-        q = select(Order).where(Order.filler_order_number == ref.filler_order_number)
-    elif ref.accession_number:
-        q = select(Order).where(Order.accession_number == ref.accession_number)
-    else:
-        return None
-    for order in session.scalars(q.order_by(Order.id.desc())):
-        if _agrees(order, ref):
-            return order
+    for name, value in (("placer", ref.placer_order_number), ("filler", ref.filler_order_number),
+                        ("accession", ref.accession_number)):
+        if value:
+            for row in read(session, _BY[name], {"v": value}):
+                if _agrees(row, ref):
+                    return row
+            return None
     return None
 
 
-def _agrees(order: Order, ref: OrderRef) -> bool:
+def find_order(session: Session, ref: OrderRef) -> Order | None:
+    """:func:`find_order_row` as an ORM object."""
+    row = find_order_row(session, ref)
+    return session.get(Order, row.id) if row is not None else None
+
+
+def _agrees(order, ref: OrderRef) -> bool:
     pairs = ((order.placer_order_number, ref.placer_order_number), (order.placer_issuer, ref.placer_issuer),
              (order.filler_order_number, ref.filler_order_number), (order.accession_number, ref.accession_number))
     return all(not mine or not theirs or mine == theirs for mine, theirs in pairs)
 
 
-def find_order_by_accession(session: Session, accession: str) -> Order | None:
-    return session.scalars(select(Order).where(Order.accession_number == accession).order_by(Order.id)).first()
+def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
+          accession_prefix: str = "RIS") -> OrderRecord:
+    """Create the order, its procedures and steps (ORC-1 NW). A known placer order is refused.
 
-
-def place_order(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
-                accession_prefix: str = "RIS") -> Order:
-    """Create the order, its procedures and steps (ORC-1 NW). A known placer order is refused."""
+    Each requested procedure starts its lifecycle ORDERED and is SCHEDULED once each of its steps has a time
+    (IHE RAD TF-2 4.4 RAD-4: the Department System Scheduler schedules what the placer ordered); a step that
+    came without a time gets the next free slot of a resource that fits (app.services.scheduling).
+    """
     data = command.order
     if not data.procedures:
         raise InvalidInput("order has no requested procedure", location="order.procedures", missing=True)
     if data.ref.placer_order_number or data.ref.filler_order_number:
-        existing = find_order(session, OrderRef(data.ref.placer_order_number, data.ref.placer_issuer,
-                                                data.ref.filler_order_number))
+        existing = find_order_row(session, OrderRef(data.ref.placer_order_number, data.ref.placer_issuer,
+                                                    data.ref.filler_order_number))
         if existing is not None:
             raise Conflict(f"order {data.ref.describe()} already exists (accession {existing.accession_number}); "
                            "send XO to change it", location="order.placer_order_number")
-    if data.accession_number and find_order_by_accession(session, data.accession_number) is not None:
+    if data.accession_number and read(session, _BY["accession"], {"v": data.accession_number}).first() is not None:
         raise Conflict(f"accession number {data.accession_number} already belongs to another order",
                        location="order.accession_number")
     _check_order(data)
-    patient, _ = register_patient(session, command.patient)
-    order = Order(patient=patient, status=OrderStatus.SCHEDULED, sender=cause.sender,
-                  source_message_fk=cause.message_fk, accession_number=data.accession_number or "")
-    _write_order_fields(order, data)
-    session.add(order)
-    session.flush()  # the order number is the basis of a generated accession
-    if not order.accession_number:
-        order.accession_number = f"{accession_prefix}{order.id:08d}"[:16]
     for proc in data.procedures:
-        order.procedures.append(_new_procedure(order, proc, uid_root))
-    _start_lifecycles(session, order.procedures, cause)
-    session.flush()
-    link_waiting_studies(session, order)   # images that arrived before their order
-    return order
+        for step in proc.steps:
+            _require_modality(step)
+    patient = register(session, command.patient)
+    values = {"patient_fk": patient.id, "status": OrderStatus.SCHEDULED, "sender": cause.sender,
+              "source_message_fk": cause.message_fk, "accession_number": data.accession_number or "", "version": 1,
+              **_order_fields(data)}
+    order_id = insert_row(session, _O, values, record=False)
+    if not data.accession_number:  # the order number is the basis of a generated accession
+        values["accession_number"] = f"{accession_prefix}{order_id:08d}"[:16]
+        run(session, _SET_ACCESSION, {"order": order_id, "accession": values["accession_number"]})
+    note(session, {"action": "created", "entity": "orders", "id": order_id,
+                   "values": {k: plain(v) for k, v in values.items()}})
+    accession = values["accession_number"]
+    record = OrderRecord(order_id, accession, OrderStatus.SCHEDULED, patient, patient.patient_id)
+    study_uids = []
+    for index, proc in enumerate(data.procedures, 1):
+        default_rp = accession if index == 1 else f"{accession}.{index}"
+        rp_id = proc.requested_procedure_id or default_rp[:16]
+        study_uids.append(proc.study_instance_uid or derived_uid(uid_root, accession, rp_id))
+        timed = all(step.scheduled_start is not None for step in proc.steps)
+        proc_id = insert_row(session, _RP, {
+            "order_fk": order_id, "requested_procedure_id": rp_id, "study_instance_uid": study_uids[-1],
+            "code_value": clip(proc.code_value, 64), "code_scheme": clip(proc.code_scheme, 64),
+            "code_meaning": clip(proc.code_meaning, 128), "description": clip(proc.description, 64),
+            "priority": clip(proc.priority, 16), "state": ProcedureState.SCHEDULED if timed else ProcedureState.ORDERED})
+        record.procedure_ids.append(proc_id)
+        lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED)]
+                         + ([(ProcedureState.ORDERED, ProcedureState.SCHEDULED)] if timed else []), cause)
+        for step in proc.steps:
+            booking = None
+            if step.scheduled_start is None:   # booked below; the procedure is SCHEDULED once every step is
+                booking = scheduling.next_free_slot(session, step.modality, proc.code_value)
+            step_id = insert_row(session, _S, {"procedure_fk": proc_id, "status": StepStatus.SCHEDULED,
+                                               "sps_id": step.sps_id or rp_id,
+                                               "scheduled_start": booking[1] if booking else step.scheduled_start,
+                                               **_step_fields(step)})
+            insert_rows(session, _ST, [{"step_fk": step_id, "ae_title": aet} for aet in _stations(step)])
+            if booking is not None:
+                scheduling.book(session, session.get(ProcedureStep, step_id), booking[0], booking[1], cause)
+    if read(session, _WAITING, {"accession": accession, "uids": study_uids}).first() is not None:
+        link_waiting_studies(session, session.get(Order, order_id))   # images that arrived before their order
+    return record
+
+
+def place_order(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
+                accession_prefix: str = "RIS") -> Order:
+    """:func:`place` for callers that work with ORM objects."""
+    return session.get(Order, place(session, command, cause, uid_root=uid_root, accession_prefix=accession_prefix).id)
 
 
 def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_root: str) -> Order:
@@ -129,33 +211,51 @@ def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_ro
     return order
 
 
-def cancel_order(session: Session, command: CancelOrder, cause: Cause) -> Order:
-    """Cancel (CA) or discontinue (DC) the order: open steps leave the worklist; studies stay linked."""
-    order = find_order(session, command.ref)
-    if order is None:
+def cancel(session: Session, command: CancelOrder, cause: Cause) -> OrderRecord:
+    """Cancel (CA) or discontinue (DC) the order: open steps leave the worklist; studies stay linked.
+
+    Every procedure that is not performed or closed moves to CANCELLED (DISCONTINUED); one that may not
+    (a procedure in progress cannot be cancelled: send DC) refuses the whole change before anything is written.
+    """
+    row = find_order_row(session, command.ref)
+    if row is None:
         raise NotFound(f"unknown order: {command.ref.describe()}", location="order.placer_order_number")
-    if order.status == OrderStatus.COMPLETED:
-        raise Conflict(f"order {order.accession_number} is already COMPLETED", location="order.control")
-    previous = order.status
+    if row.status == OrderStatus.COMPLETED:
+        raise Conflict(f"order {row.accession_number} is already COMPLETED", location="order.control")
     target = ProcedureState.DISCONTINUED if command.discontinue else ProcedureState.CANCELLED
-    ending = [p for p in order.procedures if p.state not in lifecycle.PERFORMED | lifecycle.CLOSED]
     verb = "discontinue" if command.discontinue else "cancel"
-    lifecycle.check_all(ending, target, action=f"{verb} it (send DC to stop a procedure in progress)"
-                        if not command.discontinue else f"{verb} it")
-    order.status = OrderStatus.DISCONTINUED if command.discontinue else OrderStatus.CANCELLED
-    final = StepStatus.DISCONTINUED if command.discontinue else StepStatus.CANCELLED
-    for proc in order.procedures:
-        for step in proc.steps:
-            if step.status not in (StepStatus.COMPLETED, StepStatus.DISCONTINUED):
-                step.status = final
+    action = f"{verb} it" if command.discontinue else f"{verb} it (send DC to stop a procedure in progress)"
+    procedures = read(session, _PROCEDURES, {"order": row.id}).all()
+    ending = [p for p in procedures if p.state not in lifecycle.PERFORMED | lifecycle.CLOSED]
     for proc in ending:
-        lifecycle.transition(session, proc, target, cause)
-    scheduling.release_bookings(session, order)
-    if command.reason:
-        order.reason = command.reason
-    order_status_changed(session, order, previous, cause)
-    session.flush()
-    return order
+        lifecycle.check_state(proc.requested_procedure_id, row.accession_number, proc.state, target, action=action)
+    status = OrderStatus.DISCONTINUED if command.discontinue else OrderStatus.CANCELLED
+    after = {"status": status, "reason": command.reason or row.reason}
+    update_row(session, Order, row.id, {"status": row.status, "reason": row.reason}, after, bump_version=True)
+    final = StepStatus.DISCONTINUED if command.discontinue else StepStatus.CANCELLED
+    steps = read(session, _STEPS, {"order": row.id}).all()
+    closing = [s for s in steps if s.status not in (StepStatus.COMPLETED, StepStatus.DISCONTINUED, final)]
+    if closing:
+        session.execute(_SET_STEP_STATUS, {"ids": [s.id for s in closing], "status": final})
+        for step in closing:
+            changed(session, ProcedureStep, step.id)
+            note(session, {"action": "updated", "entity": "procedure_steps", "id": step.id,
+                           "changes": {"status": [plain(step.status), final.value]}})
+    if ending:
+        session.execute(_SET_STATE, {"ids": [p.id for p in ending], "state": target})
+        for proc in ending:
+            changed(session, RequestedProcedure, proc.id)
+            lifecycle.record(session, proc.id, [(proc.state, target)], cause)
+    if steps:
+        session.execute(_RELEASE, {"ids": [s.id for s in steps]})
+    if destinations_for(session, ORDER_STATUS) and row.status != status:
+        order_status_changed(session, session.get(Order, row.id), row.status, cause)
+    return OrderRecord(row.id, row.accession_number, status, None, row.patient_id)
+
+
+def cancel_order(session: Session, command: CancelOrder, cause: Cause) -> Order:
+    """:func:`cancel` for callers that work with ORM objects."""
+    return session.get(Order, cancel(session, command, cause).id)
 
 
 def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
@@ -185,11 +285,11 @@ def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
 def apply_order_command(session: Session, command, cause: Cause, *, uid_root: str, accession_prefix: str = "RIS"):
     """Dispatch one order command to its service function."""
     if isinstance(command, PlaceOrder):
-        return place_order(session, command, cause, uid_root=uid_root, accession_prefix=accession_prefix)
+        return place(session, command, cause, uid_root=uid_root, accession_prefix=accession_prefix)
     if isinstance(command, UpdateOrder):
         return update_order(session, command, cause, uid_root=uid_root)
     if isinstance(command, CancelOrder):
-        return cancel_order(session, command, cause)
+        return cancel(session, command, cause)
     if isinstance(command, HoldOrder):
         return hold_order(session, command, cause)
     raise TypeError(f"not an order command: {command!r}")
@@ -202,8 +302,9 @@ def _start_lifecycles(session: Session, procedures, cause: Cause) -> None:
     next free slot of a resource that fits (app.services.scheduling)."""
     for proc in procedures:
         lifecycle.begin(session, proc, cause)
-        _schedule_open_steps(session, proc, cause)
-        lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+        _schedule_open_steps(session, proc, cause)   # a booking settles the procedure SCHEDULED itself
+        if proc.state is ProcedureState.ORDERED:
+            lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
 
 
 def _schedule_open_steps(session: Session, proc: RequestedProcedure, cause: Cause) -> None:
@@ -235,14 +336,19 @@ def _check_order(data: OrderData) -> None:
                 identifier(aet, 64, "step.station_aets")
 
 
+def _order_fields(data: OrderData) -> dict:
+    return {"placer_order_number": data.ref.placer_order_number, "placer_issuer": data.ref.placer_issuer,
+            "filler_order_number": data.ref.filler_order_number, "priority": clip(data.priority, 16),
+            "referring_physician": clip(data.referring_physician, 324),
+            "requesting_physician": clip(data.requesting_physician, 324), "reason": data.reason}
+
+
 def _write_order_fields(order: Order, data: OrderData) -> None:
-    order.placer_order_number = data.ref.placer_order_number or order.placer_order_number or ""
-    order.placer_issuer = data.ref.placer_issuer or order.placer_issuer or ""
-    order.filler_order_number = data.ref.filler_order_number or order.filler_order_number or ""
-    order.priority = clip(data.priority, 16)
-    order.referring_physician = clip(data.referring_physician, 324)
-    order.requesting_physician = clip(data.requesting_physician, 324)
-    order.reason = data.reason
+    fields = _order_fields(data)
+    for column in ("placer_order_number", "placer_issuer", "filler_order_number"):
+        fields[column] = fields[column] or getattr(order, column) or ""   # kept when the message does not repeat it
+    for column, value in fields.items():
+        setattr(order, column, value)
 
 
 def _new_procedure(order: Order, data: ProcedureData, uid_root: str) -> RequestedProcedure:
@@ -266,17 +372,29 @@ def _new_step(data, default_id: str) -> ProcedureStep:
     return step
 
 
-def _write_step_fields(step: ProcedureStep, data) -> None:
+def _require_modality(data) -> None:
     if not data.modality:
         raise InvalidInput("modality missing: not an imaging order the worklist can offer",
                            location="step.modality", missing=True)
-    step.modality = data.modality
+
+
+def _step_fields(data) -> dict:
+    """The columns of a step that the order sets (its time apart: none means "book a slot" or "keep it")."""
+    _require_modality(data)
+    return {"modality": data.modality, "station_name": clip(data.station_name, 16),
+            "description": clip(data.description, 64), "performing_physician": clip(data.performing_physician, 324)}
+
+
+def _stations(data) -> list[str]:
+    return list(dict.fromkeys(a for a in data.station_aets if a))
+
+
+def _write_step_fields(step: ProcedureStep, data) -> None:
+    for column, value in _step_fields(data).items():
+        setattr(step, column, value)
     if data.scheduled_start is not None:   # none: the scheduler books a slot (new step) or the time stays
         step.scheduled_start = data.scheduled_start
-    step.station_name = clip(data.station_name, 16)
-    step.description = clip(data.description, 64)
-    step.performing_physician = clip(data.performing_physician, 324)
-    wanted = list(dict.fromkeys(a for a in data.station_aets if a))
+    wanted = _stations(data)
     if [s.ae_title for s in step.stations] != wanted:
         step.stations.clear()
         step.stations.extend(StepStation(ae_title=aet) for aet in wanted)

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.changes import note
 from app.commands import ChangePatientId, MergePatient, PatientData
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Order, Patient, Study, Visit
+from app.rows import insert_row, read, update_row
 from app.validation import clip, identifier
+
+
+_P = Patient.__table__
+_COLUMNS = (_P.c.id, _P.c.patient_id, _P.c.issuer, _P.c.name, _P.c.birth_date, _P.c.sex, _P.c.merged_into_fk)
+_BY_KEY = select(*_COLUMNS).where(_P.c.patient_id == bindparam("pid"), _P.c.issuer == bindparam("issuer"))
+_BY_ID = select(*_COLUMNS).where(_P.c.id == bindparam("id"))
+
+
+@dataclass
+class PatientRecord:
+    """A patient row as the hot paths use it (app.rows): the record that holds the patient's data now."""
+
+    id: int
+    patient_id: str
+    issuer: str
+    name: str
+    birth_date: dt.date | None
+    sex: str
+    merged_into_fk: int | None = None
+    created: bool = False
+
+    @property
+    def patient(self) -> "PatientRecord":  # what the intake's message index reads (changed.patient.patient_id)
+        return self
 
 
 def find_patient(session: Session, patient_id: str, issuer: str = "") -> Patient | None:
@@ -28,32 +56,52 @@ def survivor_of(patient: Patient) -> Patient:
     return patient
 
 
-def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool]:
-    """Create the patient or update the stored one; returns (patient, created).
+def find_record(session: Session, patient_id: str, issuer: str = "") -> PatientRecord | None:
+    """The record that holds the data of the patient with this identifier now (merges followed)."""
+    row = read(session, _BY_KEY, {"pid": patient_id, "issuer": issuer}).first()
+    seen = set()
+    while row is not None and row.merged_into_fk is not None and row.id not in seen:
+        seen.add(row.id)
+        row = session.execute(_BY_ID, {"id": row.merged_into_fk}).first()
+    return PatientRecord(*row) if row is not None else None
+
+
+def register(session: Session, data: PatientData) -> PatientRecord:
+    """Create the patient or update the stored one (IHE RAD-1/RAD-12); the record that holds its data.
 
     Only values the message gave are written: ``None`` keeps what is stored, so a sparse update
     (an A08 with no birth date) never erases data. Two registrations of one identifier give one
-    patient: the (patient_id, issuer) pair is unique in the database as well.
+    patient: the (patient_id, issuer) pair is unique in the database as well. A merged-away
+    identifier lands on the survivor.
     """
     if not data.patient_id:
         raise InvalidInput("patient identifier missing", location="patient.id", missing=True)
     identifier(data.patient_id, 64, "patient.id")
     identifier(data.issuer, 64, "patient.issuer")
-    patient = find_patient(session, data.patient_id, data.issuer)
-    created = patient is None
-    if patient is not None:
-        patient = survivor_of(patient)  # a merged-away identifier lands on the survivor
-    if created:
-        patient = Patient(patient_id=data.patient_id, issuer=data.issuer, name="", sex="")
-        session.add(patient)
+    record = find_record(session, data.patient_id, data.issuer)
+    wanted = {}
     if data.name is not None:
-        patient.name = clip(data.name, 324)
+        wanted["name"] = clip(data.name, 324)
     if data.birth_date_given:
-        patient.birth_date = data.birth_date
+        wanted["birth_date"] = data.birth_date
     if data.sex is not None:
-        patient.sex = clip(data.sex, 16)
-    session.flush()
-    return patient, created
+        wanted["sex"] = clip(data.sex, 16)
+    if record is None:
+        values = {"patient_id": data.patient_id, "issuer": data.issuer, "name": "", "sex": "", "birth_date": None,
+                  "version": 1, **wanted}
+        key = insert_row(session, _P, values)
+        return PatientRecord(key, data.patient_id, data.issuer, values["name"], values["birth_date"], values["sex"],
+                             None, True)
+    before = {"name": record.name, "birth_date": record.birth_date, "sex": record.sex}
+    for column, value in update_row(session, Patient, record.id, before, wanted, bump_version=True).items():
+        setattr(record, column, value)
+    return record
+
+
+def register_patient(session: Session, data: PatientData) -> tuple[Patient, bool]:
+    """:func:`register` for callers that work with ORM objects: (patient, created)."""
+    record = register(session, data)
+    return session.get(Patient, record.id), record.created
 
 
 def _move_patient_data(session: Session, source: Patient, target: Patient) -> None:

@@ -7,13 +7,14 @@ the engine does not know is refused (NotFound), so the sender learns its feeds d
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.commands import Cause, RecordVisit
 from app.errors import InvalidInput, NotFound
 from app.models import Patient, Visit, VisitStatus
-from app.services.patients import register_patient
+from app.rows import insert_row, read, update_row
+from app.services.patients import PatientRecord, register
 from app.services.tracking import patient_arrived
 from app.validation import clip, identifier
 
@@ -21,49 +22,53 @@ _OPENING = {"admit": VisitStatus.ADMITTED, "register": VisitStatus.ADMITTED, "pr
 _CANCELS = ("cancel_admit", "cancel_transfer", "cancel_discharge")
 
 
-def find_visit(session: Session, patient: Patient, visit_number: str) -> Visit | None:
-    return session.scalars(
-        select(Visit).where(Visit.patient_fk == patient.id, Visit.visit_number == visit_number)
-    ).first()
+_V = Visit.__table__
+_VISIT = select(_V.c.id, _V.c.patient_class, _V.c.location, _V.c.prior_location, _V.c.status, _V.c.admitted_at,
+                _V.c.discharged_at).where(_V.c.patient_fk == bindparam("patient"), _V.c.visit_number == bindparam("number"))
 
 
-def record_visit(session: Session, command: RecordVisit, cause: Cause | None = None) -> Patient:
-    """Apply one ADT visit event; A10 "arrive" also marks the patient's procedures of that day ARRIVED."""
-    patient, _ = register_patient(session, command.patient)
+def record_visit(session: Session, command: RecordVisit, cause: Cause | None = None) -> PatientRecord:
+    """Apply one ADT visit event; A10 "arrive" also marks the patient's procedures of that day ARRIVED.
+    Returns the patient's record (app.services.patients.PatientRecord)."""
+    patient = register(session, command.patient)
     data, event = command.visit, command.event
     if event == "arrive":
-        patient_arrived(session, patient, data.arrived_at, cause or Cause("hl7"))
+        patient_arrived(session, session.get(Patient, patient.id), data.arrived_at, cause or Cause("hl7"))
     if not data.visit_number:
         if event in _CANCELS:
             raise InvalidInput(f"{event.replace('_', ' ')} needs the visit number", location="visit.number",
                                missing=True)
         return patient
     identifier(data.visit_number, 64, "visit.number")
-    visit = find_visit(session, patient, data.visit_number)
-    if visit is None:
-        if event in _CANCELS:
-            raise NotFound(f"unknown visit {data.visit_number} of patient {patient.patient_id}",
-                           location="visit.number")
-        visit = Visit(patient=patient, visit_number=data.visit_number, status=_OPENING.get(event, VisitStatus.ADMITTED))
-        session.add(visit)
+    row = read(session, _VISIT, {"patient": patient.id, "number": data.visit_number}).first()
+    if row is None and event in _CANCELS:
+        raise NotFound(f"unknown visit {data.visit_number} of patient {patient.patient_id}", location="visit.number")
+    before = row._asdict() if row is not None else {
+        "patient_class": "", "location": "", "prior_location": "", "status": _OPENING.get(event, VisitStatus.ADMITTED),
+        "admitted_at": None, "discharged_at": None}
+    after = dict(before)
     if data.patient_class:
-        visit.patient_class = clip(data.patient_class, 16)
-    if event == "transfer" and data.location and data.location != visit.location:
-        visit.prior_location = visit.location
+        after["patient_class"] = clip(data.patient_class, 16)
+    if event == "transfer" and data.location and data.location != before["location"]:
+        after["prior_location"] = before["location"]
     if data.location and event != "cancel_transfer":
-        visit.location = clip(data.location, 128)
+        after["location"] = clip(data.location, 128)
     if data.admitted_at is not None:
-        visit.admitted_at = data.admitted_at
+        after["admitted_at"] = data.admitted_at
     if event in _OPENING:
-        visit.status = _OPENING[event]
+        after["status"] = _OPENING[event]
     elif event == "discharge":
-        visit.status = VisitStatus.DISCHARGED
-        visit.discharged_at = data.discharged_at or visit.discharged_at
+        after["status"] = VisitStatus.DISCHARGED
+        after["discharged_at"] = data.discharged_at or before["discharged_at"]
     elif event == "cancel_admit":
-        visit.status = VisitStatus.CANCELLED
+        after["status"] = VisitStatus.CANCELLED
     elif event == "cancel_discharge":
-        visit.status, visit.discharged_at = VisitStatus.ADMITTED, None
+        after["status"], after["discharged_at"] = VisitStatus.ADMITTED, None
     elif event == "cancel_transfer":
-        visit.location, visit.prior_location = (data.prior_location or visit.prior_location), ""
-    session.flush()
+        after["location"], after["prior_location"] = (data.prior_location or before["prior_location"]), ""
+    if row is None:
+        after.pop("id", None)
+        insert_row(session, _V, {"patient_fk": patient.id, "visit_number": data.visit_number, **after})
+    else:
+        update_row(session, Visit, row.id, before, {k: v for k, v in after.items() if k != "id"})
     return patient

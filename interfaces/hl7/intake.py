@@ -38,7 +38,7 @@ from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCod
 from app.models import InboundMessage, MessageStatus, Order
 from app.queries.worklist import to_item
 from app.services import messages as store
-from app.services.dispatch import apply_command
+from app.services.dispatch import apply, as_orm
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
 from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header, version_tuple
@@ -198,12 +198,12 @@ class HL7Intake:
         """Group-commit job: store ``raw`` and apply it; a Result, or (id, batch) for a batch stored with its
         messages, to be applied once it is committed."""
         started = time.perf_counter()
-        row = store.store_received(session, raw, transport=transport, peer=peer)
+        row = store.receive(session, raw, transport=transport, peer=peer)
         result, batch = self._process_row(session, row, reprocess=False, dry_run=False)
-        if batch is not None:
-            return row.id, batch
-        row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        return result
+        if batch is None:
+            row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        store.save(session, row)
+        return (row.id, batch) if batch is not None else result
 
     def process(self, msg_id: int) -> bytes | None:
         """Apply the stored message ``msg_id`` (also the recovery path for unfinished messages);
@@ -385,12 +385,12 @@ class HL7Intake:
                 trace["commands"] = result.commands
             cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
             for command in result.commands:
-                changed = apply_command(session, command, cause, uid_root=profile.uid_root or self.settings.uid_root,
-                                        accession_prefix=profile.accession_prefix)
+                changed = apply(session, command, cause, uid_root=profile.uid_root or self.settings.uid_root,
+                                accession_prefix=profile.accession_prefix)
                 self._remember_keys(row, changed)
-                if trace is not None and isinstance(changed, Order):
+                if trace is not None and isinstance(order := as_orm(session, changed), Order):
                     trace.setdefault("worklist", []).extend(
-                        to_item(step) for proc in changed.procedures for step in proc.steps)
+                        to_item(step) for proc in order.procedures for step in proc.steps)
             session.flush()
             warnings += result.warnings
             outcome = Outcome(MessageStatus.PROCESSED, "AA")
@@ -441,9 +441,9 @@ class HL7Intake:
     @staticmethod
     def _remember_keys(row: InboundMessage, changed) -> None:
         """Index the message by the patient and accession it changed (for the message search)."""
-        patient = getattr(changed, "patient", changed)
-        if getattr(patient, "patient_id", None) and not row.patient_key:
-            row.patient_key = patient.patient_id[:64]
+        patient_id = getattr(changed, "patient_id", None) or getattr(getattr(changed, "patient", None), "patient_id", None)
+        if patient_id and not row.patient_key:
+            row.patient_key = patient_id[:64]
         if getattr(changed, "accession_number", None) and not row.accession_number:
             row.accession_number = changed.accession_number[:16]
 

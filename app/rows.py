@@ -1,0 +1,239 @@
+"""Row operations for the hot paths of the core: Core statements, compiled once, run on the session's connection.
+
+The HL7 intake applies thousands of small changes per second (issue "HL7 v2 intake", target 2,000 msg/s). Measured
+on these machines (docs/performance.md): the ORM's unit of work costs about half a millisecond per flushed object,
+building a select another 0.1-0.3 ms; executing a prebuilt Core statement 25-60 us, of which the database itself
+needs 4-6 us. So the services on the intake path (patients, visits, orders, the message store) use statements that
+are built once at import and compiled once per database dialect (:class:`_Plan`), and run them on the DBAPI
+connection of the session's own transaction with SQLAlchemy's type processing applied by hand (bind processors
+for values, result processors for rows). Statements with expanding IN parameters go through ``Session.execute``.
+
+The rest of the engine keeps using ORM objects in the same session. Three rules keep both views honest:
+
+* pending ORM changes are flushed before a statement runs here (:func:`read` etc.), so Core sees them;
+* every row changed here is expired from the session's identity map (:func:`changed`), so an ORM object loaded
+  before reloads the new values, and a parent's collection that gained a child is expired
+  (:func:`children_changed`);
+* what a change did is noted for the message store (app.changes) in the shape the ORM change recorder uses
+  ("created" with values, "updated" with [before, after] per column), and versions of patients and orders are
+  bumped explicitly (the ORM listener in app.models sees only ORM flushes).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import enum
+from typing import Any, Iterable
+
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.sql import Insert, Select
+
+from app.changes import note
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a column value (as app.changes records them)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+# The fast lane ---------------------------------------------------------------------------------------------------
+class _Plan:
+    """One statement compiled for one dialect: its SQL, how to pass its parameters, how to read its rows."""
+
+    __slots__ = ("sql", "names", "binds", "fixed", "prefetch", "columns", "results", "row", "defaults", "expanding")
+
+    def __init__(self, stmt, dialect):
+        compiled = stmt.compile(dialect=dialect)
+        # IN (:list) parameters are rendered at execution time: such statements run through Session.execute
+        self.expanding = any(bp.expanding for bp in compiled.binds.values())
+        self.sql = compiled.string
+        self.names = list(compiled.positiontup) if compiled.positiontup is not None else None
+        self.binds = {name: bp.type.dialect_impl(dialect).bind_processor(dialect) for name, bp in compiled.binds.items()}
+        self.binds = {name: proc for name, proc in self.binds.items() if proc is not None}
+        # values written into the statement itself (column == 'SCHEDULED'): passed on every execution
+        # columns whose Python-side default (insert) or onupdate (update) the execution must supply
+        self.prefetch = [(c.key, c.default) for c in getattr(compiled, "insert_prefetch", ())] + \
+                        [(c.key, c.onupdate) for c in getattr(compiled, "update_prefetch", ())]
+        prefetched = {name for name, _ in self.prefetch}
+        self.fixed = {name: bp.effective_value for name, bp in compiled.binds.items()
+                      if not bp.required and name not in prefetched}
+        self.columns: list[str] = []
+        self.results: list = []
+        self.row = None
+        self.defaults: dict[str, Any] = {}
+        if isinstance(stmt, Select):
+            self.columns = [c.key for c in stmt.selected_columns]
+            self.results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in stmt.selected_columns]
+            self.row = collections.namedtuple("Row", self.columns, rename=True)
+        if isinstance(stmt, Insert):
+            for column in stmt.table.c:
+                if column.primary_key:
+                    continue
+                default = column.default
+                if default is None:
+                    self.defaults[column.name] = None
+                elif default.is_callable:
+                    self.defaults[column.name] = default.arg
+                elif default.is_scalar:
+                    self.defaults[column.name] = default.arg
+
+    def parameters(self, values: dict):
+        binds = self.binds
+        if self.fixed:
+            values = {**self.fixed, **values}
+        for name, default in self.prefetch:
+            if name not in values:
+                values = {**values, name: default.arg(None) if default.is_callable else default.arg}
+        if self.names is None:
+            return {k: (binds[k](v) if k in binds else v) for k, v in values.items()}
+        return [binds[k](values[k]) if k in binds else values[k] for k in self.names]
+
+    def with_defaults(self, values: dict) -> dict:
+        """An insert's values completed with the columns' defaults (what SQLAlchemy's execution would add)."""
+        full = {}
+        for name, default in self.defaults.items():
+            if name in values:
+                full[name] = values[name]
+            else:
+                full[name] = default(None) if callable(default) else default
+        return full
+
+    def rows(self, cursor) -> list:
+        results, make = self.results, self.row
+        return [make(*[(p(v) if p is not None else v) for p, v in zip(results, raw)]) for raw in cursor.fetchall()]
+
+
+_PLANS: dict[tuple[int, str], _Plan] = {}
+
+
+def _prepared(session: Session, stmt) -> tuple[_Plan, Any]:
+    """The statement's plan for this session's database, and the DBAPI connection of the session's transaction
+    (after pending ORM changes are flushed)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    connection = session.connection()
+    dialect = connection.dialect
+    key = (id(stmt), dialect.name)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _Plan(stmt, dialect)
+    return plan, connection.connection.driver_connection
+
+
+class _Result:
+    """What :func:`read` returns: the rows of a select, with ``first()``, ``all()`` and iteration."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list):
+        self._rows = rows
+
+    def first(self):
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list:
+        return self._rows
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+def read(session: Session, stmt, params: dict | None = None) -> _Result:
+    """Run a prebuilt select and return its rows (attribute access by column key)."""
+    plan, dbapi = _prepared(session, stmt)
+    if plan.expanding:
+        return _Result(list(session.execute(stmt, params or {})))
+    return _Result(plan.rows(dbapi.execute(plan.sql, plan.parameters(params or {}))))
+
+
+def run(session: Session, stmt, params: dict | None = None) -> int:
+    """Run a prebuilt insert, update or delete; the number of rows it touched."""
+    plan, dbapi = _prepared(session, stmt)
+    if plan.expanding:
+        return session.execute(stmt, params or {}).rowcount
+    return dbapi.execute(plan.sql, plan.parameters(params or {})).rowcount
+
+
+_INSERTS: dict[tuple[str, bool], Any] = {}
+_UPDATES: dict[tuple, Any] = {}
+
+
+def _insert(table: Table, returning: bool):
+    stmt = _INSERTS.get((table.name, returning))
+    if stmt is None:
+        stmt = insert(table).values({c.name: bindparam(c.name) for c in table.c if not c.primary_key})
+        if returning:
+            stmt = stmt.returning(*table.primary_key.columns)
+        _INSERTS[(table.name, returning)] = stmt
+    return stmt
+
+
+def insert_row(session: Session, table: Table, values: dict, *, record: bool = True) -> int:
+    """INSERT one row into ``table`` (column defaults apply) and return its primary key."""
+    returning = session.get_bind().dialect.name != "sqlite"   # SQLite: the cursor's lastrowid is cheaper
+    plan, dbapi = _prepared(session, _insert(table, returning))
+    cursor = dbapi.execute(plan.sql, plan.parameters(plan.with_defaults(values)))
+    key = cursor.fetchone()[0] if returning else cursor.lastrowid
+    if record:
+        note(session, {"action": "created", "entity": table.name, "id": key,
+                       "values": {k: plain(v) for k, v in values.items()}})
+    return key
+
+
+def insert_rows(session: Session, table: Table, rows: list[dict], *, record: bool = True) -> None:
+    """INSERT several rows at once (executemany); their keys are not returned."""
+    if not rows:
+        return
+    plan, dbapi = _prepared(session, _insert(table, False))
+    dbapi.cursor().executemany(plan.sql, [plan.parameters(plan.with_defaults(values)) for values in rows])
+    if record:
+        for values in rows:
+            note(session, {"action": "created", "entity": table.name, "id": None,
+                           "values": {k: plain(v) for k, v in values.items()}})
+
+
+def update_row(session: Session, model, key: int, before: dict, after: dict, *, bump_version: bool = False,
+               record: bool = True) -> dict:
+    """UPDATE the columns of row ``key`` whose value in ``after`` differs from ``before``; return those changes
+    ({column: new}), empty when nothing differs (then nothing is written)."""
+    diff = {k: v for k, v in after.items() if before.get(k) != v}
+    if not diff:
+        return {}
+    table = model.__table__
+    shape = (table.name, tuple(sorted(diff)), bump_version)
+    stmt = _UPDATES.get(shape)
+    if stmt is None:
+        values: dict[str, Any] = {column: bindparam(f"v_{column}") for column in shape[1]}
+        if bump_version:
+            values["version"] = table.c.version + 1
+        stmt = _UPDATES[shape] = update(table).where(table.c.id == bindparam("v__key")).values(values)
+    run(session, stmt, {"v__key": key, **{f"v_{k}": v for k, v in diff.items()}})
+    changed(session, model, key)
+    if record:
+        note(session, {"action": "updated", "entity": table.name, "id": key,
+                       "changes": {k: [plain(before.get(k)), plain(v)] for k, v in diff.items()}})
+    return diff
+
+
+def changed(session: Session, model, key: int) -> None:
+    """The row ``key`` of ``model`` was written with Core: expire the ORM object that mirrors it, if loaded."""
+    obj = session.identity_map.get(identity_key(model, key))
+    if obj is not None:
+        session.expire(obj)
+
+
+def children_changed(session: Session, model, keys: Iterable[int], attribute: str) -> None:
+    """Rows were added under the parents ``keys``: expire the parents' loaded ``attribute`` collection."""
+    for key in keys:
+        obj = session.identity_map.get(identity_key(model, key))
+        if obj is not None:
+            session.expire(obj, [attribute])
