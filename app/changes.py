@@ -33,15 +33,21 @@ def note(session: Session, entry: dict) -> None:
     session.info.setdefault(_NOTES_KEY, []).append(entry)
 
 
+_RECORDER_KEY = "ris.change_recorder"
+
+
 class ChangeRecorder:
+    """Records what the session's flushes change until :meth:`close` (one listener for every session, below:
+    registering a listener per unit of work costs more than the unit of work on the intake's hot path)."""
+
     def __init__(self, session: Session):
         self.session = session
         self.changes: list[dict] = []
         session.info[_NOTES_KEY] = self.changes
-        event.listen(session, "after_flush", self._after_flush)
+        session.info[_RECORDER_KEY] = self
 
     def close(self) -> list[dict]:
-        event.remove(self.session, "after_flush", self._after_flush)
+        self.session.info.pop(_RECORDER_KEY, None)
         self.session.info.pop(_NOTES_KEY, None)
         return self.changes
 
@@ -69,3 +75,10 @@ class ChangeRecorder:
             if changed:
                 self.changes.append({"action": "updated", "entity": table, "id": state.identity and state.identity[0],
                                      "changes": changed})
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, context) -> None:
+    recorder = session.info.get(_RECORDER_KEY)
+    if recorder is not None and (session.new or session.dirty):
+        recorder._after_flush(session, context)

@@ -19,6 +19,20 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+def _plain_savepoints(engine: Engine) -> Engine:
+    """Issue SAVEPOINT / RELEASE / ROLLBACK TO on the driver connection instead of compiling a statement for each
+    (SQLAlchemy compiles its savepoint clauses on every use, uncached: a tenth of the HL7 intake's time, where
+    every message runs in two savepoints). Transaction bookkeeping stays SQLAlchemy's."""
+    def run(connection, sql: str) -> None:
+        connection.connection.driver_connection.execute(sql)
+
+    dialect = engine.dialect
+    dialect.do_savepoint = lambda connection, name: run(connection, f"SAVEPOINT {name}")
+    dialect.do_release_savepoint = lambda connection, name: run(connection, f"RELEASE SAVEPOINT {name}")
+    dialect.do_rollback_to_savepoint = lambda connection, name: run(connection, f"ROLLBACK TO SAVEPOINT {name}")
+    return engine
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """Create the engine for ``url``; SQLite gets its folder created and its pragmas set."""
     if url.startswith("postgresql://"):
@@ -48,8 +62,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             read_only = conn.get_execution_options().get("ris_read_only", False)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-        return engine
-    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        return _plain_savepoints(engine)
+    return _plain_savepoints(create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True))
 
 
 def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:

@@ -5,13 +5,18 @@ writers are serialised anyway. When 16 connections each wait for their own commi
 waiting for the disk (DESIGN.md 5: 2,000-2,900 msg/s for one insert + commit each, 8,200 msg/s with the commits
 of concurrent connections grouped).
 
-:class:`GroupCommitter` runs submitted jobs ``job(session) -> value`` one after another in one writer thread.
-The jobs that are waiting when the writer is free form a group: each job runs inside its own savepoint (a job
-that raises is rolled back alone and its caller gets the exception), then the group is committed once and every
-caller gets its value. A caller's value is therefore durable when :meth:`run` returns, exactly as with its own
-unit of work, and the jobs of a group see each other's changes in submission order (the order callers would have
-committed in anyway). If the group commit itself fails, every caller of the group gets the exception and nothing
-of the group is kept.
+:class:`GroupCommitter` runs submitted jobs ``job(session) -> value`` one after another, in groups, the way
+databases group their log writes (leader/follower): a caller that finds nobody committing becomes the leader and
+commits what is waiting, its own job included; callers that arrive meanwhile queue their jobs and wait. The jobs
+waiting when the leader starts a group form that group: each job runs inside its own savepoint (a job that
+raises is rolled back alone and its caller gets the exception), then the group is committed once and every
+caller gets its value. The leader goes on with the next group until its own job is committed, then hands the
+lead to a waiting caller. A caller that arrives alone commits its job in its own thread, with no hand-over to
+another thread, so one connection pays no latency for the grouping of many.
+
+A caller's value is therefore durable when :meth:`run` returns, exactly as with its own unit of work, and the
+jobs of a group see each other's changes in submission order (the order callers would have committed in anyway).
+If the group commit itself fails, every caller of the group gets the exception and nothing of the group is kept.
 
 Jobs must not commit, must not keep ORM objects beyond the job (return plain values), and must be quick: the group
 holds the database's write lock while it runs.
@@ -19,8 +24,8 @@ holds the database's write lock while it runs.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -40,7 +45,7 @@ class GroupCommitStopped(RuntimeError):
 
 
 class GroupCommitter:
-    """One writer thread committing the jobs of concurrent callers in groups (see the module docstring)."""
+    """Commits the jobs of concurrent callers in groups, led by one of the callers (see the module docstring)."""
 
     def __init__(self, factory: sessionmaker[Session], *, max_group: int = 64, name: str = "group-commit"):
         self.factory = factory
@@ -48,24 +53,23 @@ class GroupCommitter:
         self.name = name
         self.groups = 0  # groups committed (read from anywhere)
         self.jobs = 0  # jobs committed
-        self._queue: queue.SimpleQueue[tuple[Job, Future] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
+        self._pending: collections.deque[tuple[Job, Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._leading = False
+        self._running = False
 
     def start(self) -> "GroupCommitter":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-            self._thread.start()
+        with self._cond:
+            self._running = True
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the jobs already submitted, then end the writer thread."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
-        self._fail_pending(GroupCommitStopped("group commit stopped"))
+        """Refuse new jobs; jobs already submitted are committed by their callers (waits up to ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._running = False
+            while (self._pending or self._leading) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
 
     def run(self, job: Job) -> Any:
         """Run ``job`` in the next group; return its value once the group is committed (or raise its error).
@@ -73,37 +77,38 @@ class GroupCommitter:
         There is deliberately no timeout: a caller that gave up could not know whether its job will still be
         committed, and would apply it twice by retrying on its own.
         """
-        if self._stopped.is_set() or self._thread is None:
-            raise GroupCommitStopped("group commit is not running")
         future: Future = Future()
-        self._queue.put((job, future))
-        if self._stopped.is_set():  # stop() raced with us: fail whatever it left behind
-            self._fail_pending(GroupCommitStopped("group commit stopped"))
+        with self._cond:
+            if not self._running:
+                raise GroupCommitStopped("group commit is not running")
+            self._pending.append((job, future))
+            while self._leading and not future.done():
+                self._cond.wait()
+            if future.done():
+                return future.result()
+            self._leading = True
+        try:
+            while not future.done():
+                with self._cond:
+                    group = [self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))]
+                self._commit_group(group)
+                with self._cond:
+                    self._cond.notify_all()  # the callers of this group have their values
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()  # a waiting caller takes the lead
         return future.result()
-
-    # -- the writer thread ------------------------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            group = [item]
-            while len(group) < self.max_group:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # end after this group
-                    break
-                group.append(nxt)
-            self._commit_group(group)
 
     def _commit_group(self, group: list[tuple[Job, Future]]) -> None:
         started = time.perf_counter()
-        session = self.factory()
         outcomes: list[tuple[Future, bool, Any]] = []
+        try:
+            session = self.factory()
+        except BaseException as exc:  # noqa: BLE001 - nothing of the group ran
+            for _job, future in group:
+                future.set_exception(exc)
+            return
         try:
             for job, future in group:
                 if not future.set_running_or_notify_cancel():
@@ -126,7 +131,7 @@ class GroupCommitter:
             except Exception:  # noqa: BLE001
                 log.exception("%s: rollback failed", self.name)
             for _job, future in group:
-                if future.running():
+                if not future.done():
                     future.set_exception(exc)
             return
         finally:
@@ -136,12 +141,3 @@ class GroupCommitter:
         for future, ok, value in outcomes:
             future.set_result(value) if ok else future.set_exception(value)
         log.debug("%s: committed %d jobs in %.1f ms", self.name, len(outcomes), (time.perf_counter() - started) * 1000)
-
-    def _fail_pending(self, exc: Exception) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None and item[1].set_running_or_notify_cancel():
-                item[1].set_exception(exc)

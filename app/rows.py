@@ -27,6 +27,7 @@ import enum
 from typing import Any, Iterable
 
 from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.sql import Insert, Select
@@ -115,18 +116,34 @@ class _Plan:
 _PLANS: dict[tuple[int, str], _Plan] = {}
 
 
-def _prepared(session: Session, stmt) -> tuple[_Plan, Any]:
-    """The statement's plan for this session's database, and the DBAPI connection of the session's transaction
-    (after pending ORM changes are flushed)."""
+_CONNECTION_KEY = "ris.rows.connection"
+
+
+def dbapi_connection(session: Session):
+    """(DBAPI connection, dialect) of the session's current transaction, after pending ORM changes are flushed.
+
+    ``Session.connection()`` costs tens of microseconds and is where a pending ``begin_nested()`` emits its
+    SAVEPOINT, so it is called once per (transaction, savepoint) and remembered in ``session.info``."""
     if session.new or session.dirty or session.deleted:
         session.flush()
+    root, nested = session.get_transaction(), session.get_nested_transaction()
+    cached = session.info.get(_CONNECTION_KEY)
+    if cached is not None and cached[0] is root and cached[1] is nested and root is not None:
+        return cached[2], cached[3]
     connection = session.connection()
-    dialect = connection.dialect
-    key = (id(stmt), dialect.name)
-    plan = _PLANS.get(key)
+    entry = (session.get_transaction(), session.get_nested_transaction(), connection.connection.driver_connection,
+             connection.dialect)
+    session.info[_CONNECTION_KEY] = entry
+    return entry[2], entry[3]
+
+
+def _prepared(session: Session, stmt) -> tuple[_Plan, Any, Any]:
+    """The statement's plan for this session's database, the DBAPI connection to run it on, the dialect."""
+    dbapi, dialect = dbapi_connection(session)
+    plan = _PLANS.get((id(stmt), dialect.name))
     if plan is None:
-        plan = _PLANS[key] = _Plan(stmt, dialect)
-    return plan, connection.connection.driver_connection
+        plan = _PLANS[(id(stmt), dialect.name)] = _Plan(stmt, dialect)
+    return plan, dbapi, dialect
 
 
 class _Result:
@@ -147,20 +164,40 @@ class _Result:
         return iter(self._rows)
 
 
+def _execute(dbapi, dialect, sql: str, params, *, many: bool = False):
+    """Run ``sql`` on the DBAPI connection; a driver error is raised as SQLAlchemy's exception of the same kind
+    (IntegrityError, OperationalError...), as ``Session.execute`` would, so callers handle one family."""
+    try:
+        if many:
+            cursor = dbapi.cursor()
+            cursor.executemany(sql, params)
+            return cursor
+        return dbapi.execute(sql, params)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+
+
 def read(session: Session, stmt, params: dict | None = None) -> _Result:
     """Run a prebuilt select and return its rows (attribute access by column key)."""
-    plan, dbapi = _prepared(session, stmt)
+    plan, dbapi, dialect = _prepared(session, stmt)
     if plan.expanding:
         return _Result(list(session.execute(stmt, params or {})))
-    return _Result(plan.rows(dbapi.execute(plan.sql, plan.parameters(params or {}))))
+    return _Result(plan.rows(_execute(dbapi, dialect, plan.sql, plan.parameters(params or {}))))
 
 
 def run(session: Session, stmt, params: dict | None = None) -> int:
     """Run a prebuilt insert, update or delete; the number of rows it touched."""
-    plan, dbapi = _prepared(session, stmt)
+    plan, dbapi, dialect = _prepared(session, stmt)
     if plan.expanding:
         return session.execute(stmt, params or {}).rowcount
-    return dbapi.execute(plan.sql, plan.parameters(params or {})).rowcount
+    return _execute(dbapi, dialect, plan.sql, plan.parameters(params or {})).rowcount
+
+
+def run_many(session: Session, stmt, rows: list[dict]) -> None:
+    """Run a prebuilt insert, update or delete once per parameter set (executemany)."""
+    if rows:
+        plan, dbapi, dialect = _prepared(session, stmt)
+        _execute(dbapi, dialect, plan.sql, [plan.parameters(values) for values in rows], many=True)
 
 
 _INSERTS: dict[tuple[str, bool], Any] = {}
@@ -179,9 +216,9 @@ def _insert(table: Table, returning: bool):
 
 def insert_row(session: Session, table: Table, values: dict, *, record: bool = True) -> int:
     """INSERT one row into ``table`` (column defaults apply) and return its primary key."""
-    returning = session.get_bind().dialect.name != "sqlite"   # SQLite: the cursor's lastrowid is cheaper
-    plan, dbapi = _prepared(session, _insert(table, returning))
-    cursor = dbapi.execute(plan.sql, plan.parameters(plan.with_defaults(values)))
+    returning = dbapi_connection(session)[1].name != "sqlite"   # SQLite: the cursor's lastrowid is cheaper
+    plan, dbapi, dialect = _prepared(session, _insert(table, returning))
+    cursor = _execute(dbapi, dialect, plan.sql, plan.parameters(plan.with_defaults(values)))
     key = cursor.fetchone()[0] if returning else cursor.lastrowid
     if record:
         note(session, {"action": "created", "entity": table.name, "id": key,
@@ -193,8 +230,8 @@ def insert_rows(session: Session, table: Table, rows: list[dict], *, record: boo
     """INSERT several rows at once (executemany); their keys are not returned."""
     if not rows:
         return
-    plan, dbapi = _prepared(session, _insert(table, False))
-    dbapi.cursor().executemany(plan.sql, [plan.parameters(plan.with_defaults(values)) for values in rows])
+    plan = _prepared(session, _insert(table, False))[0]
+    run_many(session, _insert(table, False), [plan.with_defaults(values) for values in rows])
     if record:
         for values in rows:
             note(session, {"action": "created", "entity": table.name, "id": None,
@@ -237,3 +274,4 @@ def children_changed(session: Session, model, keys: Iterable[int], attribute: st
         obj = session.identity_map.get(identity_key(model, key))
         if obj is not None:
             session.expire(obj, [attribute])
+

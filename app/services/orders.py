@@ -20,7 +20,7 @@ from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, Pla
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (Appointment, AppointmentStatus, LinkStatus, Order, OrderStatus, Patient, ProcedureState,
                         ProcedureStep, RequestedProcedure, StepStation, StepStatus, Study)
-from app.rows import changed, insert_row, insert_rows, plain, read, run, update_row
+from app.rows import changed, insert_row, insert_rows, plain, read, run, run_many, update_row
 from app.services import lifecycle, scheduling
 from app.services.archive import link_waiting_studies
 from app.services.outbox import ORDER_STATUS, destinations_for, order_status_changed
@@ -50,14 +50,12 @@ _PROCEDURES = select(_RP.c.id, _RP.c.requested_procedure_id, _RP.c.state).where(
 _STEPS = select(_S.c.id, _S.c.procedure_fk, _S.c.status).join(_RP, _RP.c.id == _S.c.procedure_fk).where(
     _RP.c.order_fk == bindparam("order")).order_by(_S.c.id)
 _SET_ACCESSION = update(_O).where(_O.c.id == bindparam("order")).values(accession_number=bindparam("accession"))
-_SET_STEP_STATUS = update(_S).where(_S.c.id.in_(bindparam("ids", expanding=True))).values(status=bindparam("status"))
-_SET_STATE = update(_RP).where(_RP.c.id.in_(bindparam("ids", expanding=True))).values(state=bindparam("state"))
-_RELEASE = update(_APPT).where(_APPT.c.step_fk.in_(bindparam("ids", expanding=True)),
+_SET_STEP_STATUS = update(_S).where(_S.c.id == bindparam("id")).values(status=bindparam("status"))
+_SET_STATE = update(_RP).where(_RP.c.id == bindparam("id")).values(state=bindparam("state"))
+_RELEASE = update(_APPT).where(_APPT.c.step_fk == bindparam("id"),
                                _APPT.c.status == AppointmentStatus.BOOKED).values(status=AppointmentStatus.CANCELLED)
 _WAITING = select(_STUDY.c.id).where(_STUDY.c.link_status == LinkStatus.UNMATCHED, or_(
-    _STUDY.c.accession_number == bindparam("accession"),
-    _STUDY.c.study_instance_uid.in_(bindparam("uids", expanding=True)))).limit(1)
-
+    _STUDY.c.accession_number == bindparam("accession"), _STUDY.c.study_instance_uid == bindparam("uid"))).limit(1)
 
 @dataclass
 class OrderRecord:
@@ -162,7 +160,7 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
             insert_rows(session, _ST, [{"step_fk": step_id, "ae_title": aet} for aet in _stations(step)])
             if booking is not None:
                 scheduling.book(session, session.get(ProcedureStep, step_id), booking[0], booking[1], cause)
-    if read(session, _WAITING, {"accession": accession, "uids": study_uids}).first() is not None:
+    if any(read(session, _WAITING, {"accession": accession, "uid": uid}).first() for uid in study_uids):
         link_waiting_studies(session, session.get(Order, order_id))   # images that arrived before their order
     return record
 
@@ -236,18 +234,18 @@ def cancel(session: Session, command: CancelOrder, cause: Cause) -> OrderRecord:
     steps = read(session, _STEPS, {"order": row.id}).all()
     closing = [s for s in steps if s.status not in (StepStatus.COMPLETED, StepStatus.DISCONTINUED, final)]
     if closing:
-        session.execute(_SET_STEP_STATUS, {"ids": [s.id for s in closing], "status": final})
+        run_many(session, _SET_STEP_STATUS, [{"id": s.id, "status": final} for s in closing])
         for step in closing:
             changed(session, ProcedureStep, step.id)
             note(session, {"action": "updated", "entity": "procedure_steps", "id": step.id,
                            "changes": {"status": [plain(step.status), final.value]}})
     if ending:
-        session.execute(_SET_STATE, {"ids": [p.id for p in ending], "state": target})
+        run_many(session, _SET_STATE, [{"id": p.id, "state": target} for p in ending])
         for proc in ending:
             changed(session, RequestedProcedure, proc.id)
             lifecycle.record(session, proc.id, [(proc.state, target)], cause)
     if steps:
-        session.execute(_RELEASE, {"ids": [s.id for s in steps]})
+        run_many(session, _RELEASE, [{"id": s.id} for s in steps])
     if destinations_for(session, ORDER_STATUS) and row.status != status:
         order_status_changed(session, session.get(Order, row.id), row.status, cause)
     return OrderRecord(row.id, row.accession_number, status, None, row.patient_id)
