@@ -50,7 +50,8 @@ def plain(value: Any) -> Any:
 class _Plan:
     """One statement compiled for one dialect: its SQL, how to pass its parameters, how to read its rows."""
 
-    __slots__ = ("sql", "names", "binds", "fixed", "prefetch", "columns", "results", "row", "defaults", "expanding")
+    __slots__ = ("sql", "names", "binds", "ordered", "fixed", "prefetch", "columns", "results", "row", "defaults",
+                 "expanding")
 
     def __init__(self, stmt, dialect):
         compiled = stmt.compile(dialect=dialect)
@@ -60,6 +61,7 @@ class _Plan:
         self.names = list(compiled.positiontup) if compiled.positiontup is not None else None
         self.binds = {name: bp.type.dialect_impl(dialect).bind_processor(dialect) for name, bp in compiled.binds.items()}
         self.binds = {name: proc for name, proc in self.binds.items() if proc is not None}
+        self.ordered = [(name, self.binds.get(name)) for name in self.names or ()]
         # values written into the statement itself (column == 'SCHEDULED'): passed on every execution
         # columns whose Python-side default (insert) or onupdate (update) the execution must supply
         self.prefetch = [(c.key, c.default) for c in getattr(compiled, "insert_prefetch", ())] + \
@@ -88,15 +90,15 @@ class _Plan:
                     self.defaults[column.name] = default.arg
 
     def parameters(self, values: dict):
-        binds = self.binds
         if self.fixed:
             values = {**self.fixed, **values}
         for name, default in self.prefetch:
             if name not in values:
                 values = {**values, name: default.arg(None) if default.is_callable else default.arg}
+        binds = self.binds
         if self.names is None:
             return {k: (binds[k](v) if k in binds else v) for k, v in values.items()}
-        return [binds[k](values[k]) if k in binds else values[k] for k in self.names]
+        return [values[k] if proc is None else proc(values[k]) for k, proc in self.ordered]
 
     def with_defaults(self, values: dict) -> dict:
         """An insert's values completed with the columns' defaults (what SQLAlchemy's execution would add)."""

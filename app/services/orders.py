@@ -45,6 +45,8 @@ _ORDER_ROW = select(_O.c.id, _O.c.placer_order_number, _O.c.placer_issuer, _O.c.
 _BY = {name: _ORDER_ROW.where(column == bindparam("v")).order_by(_O.c.id.desc())
        for name, column in (("placer", _O.c.placer_order_number), ("filler", _O.c.filler_order_number),
                             ("accession", _O.c.accession_number))}
+_BY_PLACER_OR_ACCESSION = _ORDER_ROW.where(or_(_O.c.placer_order_number == bindparam("placer"),
+                                              _O.c.accession_number == bindparam("accession"))).order_by(_O.c.id.desc())
 _PROCEDURES = select(_RP.c.id, _RP.c.requested_procedure_id, _RP.c.state).where(
     _RP.c.order_fk == bindparam("order")).order_by(_RP.c.id)
 _STEPS = select(_S.c.id, _S.c.procedure_fk, _S.c.status).join(_RP, _RP.c.id == _S.c.procedure_fk).where(
@@ -110,13 +112,23 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
     data = command.order
     if not data.procedures:
         raise InvalidInput("order has no requested procedure", location="order.procedures", missing=True)
-    if data.ref.placer_order_number or data.ref.filler_order_number:
+    if data.ref.placer_order_number and data.accession_number:   # the usual case: one query for both checks
+        known = read(session, _BY_PLACER_OR_ACCESSION, {"placer": data.ref.placer_order_number,
+                                                        "accession": data.accession_number}).all()
+        placer_ref = OrderRef(data.ref.placer_order_number, data.ref.placer_issuer, data.ref.filler_order_number)
+        existing = next((r for r in known if r.placer_order_number == data.ref.placer_order_number
+                         and _agrees(r, placer_ref)), None)
+        taken = any(r.accession_number == data.accession_number for r in known)
+    else:
         existing = find_order_row(session, OrderRef(data.ref.placer_order_number, data.ref.placer_issuer,
-                                                    data.ref.filler_order_number))
-        if existing is not None:
-            raise Conflict(f"order {data.ref.describe()} already exists (accession {existing.accession_number}); "
-                           "send XO to change it", location="order.placer_order_number")
-    if data.accession_number and read(session, _BY["accession"], {"v": data.accession_number}).first() is not None:
+                                                    data.ref.filler_order_number)) \
+            if data.ref.placer_order_number or data.ref.filler_order_number else None
+        taken = bool(data.accession_number) and read(session, _BY["accession"],
+                                                     {"v": data.accession_number}).first() is not None
+    if existing is not None:
+        raise Conflict(f"order {data.ref.describe()} already exists (accession {existing.accession_number}); "
+                       "send XO to change it", location="order.placer_order_number")
+    if taken:
         raise Conflict(f"accession number {data.accession_number} already belongs to another order",
                        location="order.accession_number")
     _check_order(data)
