@@ -28,7 +28,6 @@ import collections
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,8 +43,33 @@ class GroupCommitStopped(RuntimeError):
     """The committer is stopped: the caller should use its own unit of work."""
 
 
+class _Entry:
+    """One submitted job and its caller's rendezvous: woken once, either with the job's outcome or to lead."""
+
+    __slots__ = ("job", "wake", "done", "ok", "value")
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.wake = threading.Event()
+        self.done = False
+        self.ok = False
+        self.value: Any = None
+
+    def finish(self, ok: bool, value: Any) -> None:
+        self.ok, self.value, self.done = ok, value, True
+        self.wake.set()
+
+    def result(self) -> Any:
+        if self.ok:
+            return self.value
+        raise self.value
+
+
 class GroupCommitter:
-    """Commits the jobs of concurrent callers in groups, led by one of the callers (see the module docstring)."""
+    """Commits the jobs of concurrent callers in groups, led by one of the callers (see the module docstring).
+
+    Each waiting caller sleeps on its own event: the leader wakes exactly the callers whose jobs it committed,
+    and hands the lead to the oldest caller still waiting (waking them all would cost more than the work)."""
 
     def __init__(self, factory: sessionmaker[Session], *, max_group: int = 64, name: str = "group-commit"):
         self.factory = factory
@@ -53,23 +77,24 @@ class GroupCommitter:
         self.name = name
         self.groups = 0  # groups committed (read from anywhere)
         self.jobs = 0  # jobs committed
-        self._pending: collections.deque[tuple[Job, Future]] = collections.deque()
-        self._cond = threading.Condition()
+        self._pending: collections.deque[_Entry] = collections.deque()
+        self._lock = threading.Lock()
         self._leading = False
         self._running = False
 
     def start(self) -> "GroupCommitter":
-        with self._cond:
-            self._running = True
+        self._running = True
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs; jobs already submitted are committed by their callers (waits up to ``timeout`` s)."""
+        self._running = False
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._running = False
-            while (self._pending or self._leading) and time.monotonic() < deadline:
-                self._cond.wait(0.05)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending and not self._leading:
+                    return
+            time.sleep(0.01)
 
     def run(self, job: Job) -> Any:
         """Run ``job`` in the next group; return its value once the group is committed (or raise its error).
@@ -77,52 +102,50 @@ class GroupCommitter:
         There is deliberately no timeout: a caller that gave up could not know whether its job will still be
         committed, and would apply it twice by retrying on its own.
         """
-        future: Future = Future()
-        with self._cond:
+        entry = _Entry(job)
+        with self._lock:
             if not self._running:
                 raise GroupCommitStopped("group commit is not running")
-            self._pending.append((job, future))
-            while self._leading and not future.done():
-                self._cond.wait()
-            if future.done():
-                return future.result()
-            self._leading = True
-        try:
-            while not future.done():
-                with self._cond:
+            self._pending.append(entry)
+            follower, self._leading = self._leading, True
+        if follower:
+            entry.wake.wait()
+            if entry.done:
+                return entry.result()
+        try:   # this caller leads until its own job is committed
+            while not entry.done:
+                with self._lock:
                     group = [self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))]
                 self._commit_group(group)
-                with self._cond:
-                    self._cond.notify_all()  # the callers of this group have their values
         finally:
-            with self._cond:
-                self._leading = False
-                self._cond.notify_all()  # a waiting caller takes the lead
-        return future.result()
+            with self._lock:
+                if self._pending:
+                    self._pending[0].wake.set()   # the lead passes on (self._leading stays True)
+                else:
+                    self._leading = False
+        return entry.result()
 
-    def _commit_group(self, group: list[tuple[Job, Future]]) -> None:
+    def _commit_group(self, group: list[_Entry]) -> None:
         started = time.perf_counter()
-        outcomes: list[tuple[Future, bool, Any]] = []
+        outcomes: list[tuple[_Entry, bool, Any]] = []
         try:
             session = self.factory()
         except BaseException as exc:  # noqa: BLE001 - nothing of the group ran
-            for _job, future in group:
-                future.set_exception(exc)
+            for entry in group:
+                entry.finish(False, exc)
             return
         try:
-            for job, future in group:
-                if not future.set_running_or_notify_cancel():
-                    continue
+            for entry in group:
                 savepoint = session.begin_nested()
                 try:
-                    value = job(session)
+                    value = entry.job(session)
                     session.flush()
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
                     savepoint.rollback()
-                    outcomes.append((future, False, exc))
+                    outcomes.append((entry, False, exc))
                 else:
                     savepoint.commit()
-                    outcomes.append((future, True, value))
+                    outcomes.append((entry, True, value))
             session.commit()
         except BaseException as exc:  # noqa: BLE001 - the group's commit failed: nothing of it is kept
             log.warning("%s: a group of %d jobs failed to commit: %s", self.name, len(group), exc)
@@ -130,14 +153,14 @@ class GroupCommitter:
                 session.rollback()
             except Exception:  # noqa: BLE001
                 log.exception("%s: rollback failed", self.name)
-            for _job, future in group:
-                if not future.done():
-                    future.set_exception(exc)
+            for entry in group:
+                if not entry.done:
+                    entry.finish(False, exc)
             return
         finally:
             session.close()
         self.groups += 1
         self.jobs += len(outcomes)
-        for future, ok, value in outcomes:
-            future.set_result(value) if ok else future.set_exception(value)
+        for entry, ok, value in outcomes:
+            entry.finish(ok, value)
         log.debug("%s: committed %d jobs in %.1f ms", self.name, len(outcomes), (time.perf_counter() - started) * 1000)
