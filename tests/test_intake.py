@@ -498,3 +498,107 @@ def test_warnings_stay_out_of_a_v23_ack(intake):
               "OBR|1|PL-W2^HIS||CTH^CT head^L||||||||||||||ACC-W2|RP-W|SPS-W||||CT")
     ack = intake.handle(raw)
     assert segments(ack)["MSA"][1] == "AA" and "ERR" not in segments(ack)
+
+
+# ORDER groups (HL7 v2.5.1 ch. 4 abstract syntax: ORC, TQ1, OBR, IPC... repeat per group) -------------------
+def two_groups(ctrl_id: str, *, version="2.5.1", second_placer="PL-G", second_accession="", second_modality="MR",
+               first_extra=(), second_extra=(), control="NW") -> bytes:
+    return hl7(f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000+0100||OMI^O23^OMI_O23|{ctrl_id}|P|{version}",
+               "PID|||PAT-G^^^HOSP||GROUP^GRETA||19800101|F",
+               f"ORC|{control}|PL-G^HIS", "TQ1|||||||20261204083000",
+               seg("OBR", {1: "1", 2: "PL-G^HIS", 4: "CTH^CT head^L", 18: "ACC-G"}), *first_extra,
+               f"ORC|{control}|{second_placer}^HIS", "TQ1|||||||20261204093000",
+               seg("OBR", {1: "2", 2: f"{second_placer}^HIS", 4: "MRH^MR head^L", 18: second_accession,
+                           24: second_modality}), *second_extra)
+
+
+FIRST_IPC = seg("IPC", {1: "ACC-G", 2: "RP-G1", 3: "1.2.3.4.5", 4: "SPS-G1", 5: "CT", 9: "CT_ROOM1"})
+
+
+def test_a_later_group_never_borrows_the_first_groups_ipc(intake, read_factory):
+    """Only the first group has an IPC: the second group's procedure has its own (derived) ids, study UID,
+    no station and its own TQ1 time (e3 of the audit: both items had RP-1, SPS-1, the same UID and station)."""
+    assert segments(intake.handle(two_groups("G1", first_extra=[FIRST_IPC])))["MSA"][1] == "AA"
+    items = sorted(worklist(read_factory, accession_number="ACC-G"), key=lambda i: i.scheduled_start)
+    assert [(i.requested_procedure_id, i.sps_id, i.modality, i.station_aets, i.scheduled_start) for i in items] == [
+        ("RP-G1", "SPS-G1", "CT", ("CT_ROOM1",), dt.datetime(2026, 12, 4, 8, 30)),
+        ("ACC-G.2", "ACC-G.2", "MR", (), dt.datetime(2026, 12, 4, 9, 30))]
+    assert items[0].study_instance_uid == "1.2.3.4.5"
+    assert items[1].study_instance_uid not in ("1.2.3.4.5", "") and items[1].study_instance_uid.startswith("1.2.")
+
+
+def test_a_single_zds_gives_its_study_uid_to_its_own_group_only(intake, read_factory):
+    zds = "ZDS|1.2.826.0.1.3680043.10.1356.7.7^RIS^Application^DICOM"
+    assert segments(intake.handle(two_groups("G2", first_extra=[zds])))["MSA"][1] == "AA"
+    uids = [i.study_instance_uid for i in sorted(worklist(read_factory), key=lambda i: i.scheduled_start)]
+    assert uids[0] == "1.2.826.0.1.3680043.10.1356.7.7"
+    assert len(set(uids)) == 2
+    # a ZDS in the second group is the second procedure's only
+    intake.handle(two_groups("G3", second_extra=[zds.replace(".7.7", ".8.8")]).replace(b"PL-G", b"PL-J")
+                  .replace(b"ACC-G", b"ACC-J"))
+    uids = [i.study_instance_uid for i in sorted(worklist(read_factory, accession_number="ACC-J"),
+                                                 key=lambda i: i.scheduled_start)]
+    assert uids[1] == "1.2.826.0.1.3680043.10.1356.8.8" and uids[0] not in uids[1:]
+
+
+def test_a_second_placer_order_number_is_a_second_order(intake, session_factory, read_factory):
+    """ORC-2 PL-2 / OBR-18 ACC-2 of the second group are kept: two orders (e1b of the audit put everything
+    under PL-1/ACC-1), and a later CA for the second finds it."""
+    ack = intake.handle(two_groups("G4", second_placer="PL-2", second_accession="ACC-2"))
+    assert segments(ack)["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        orders = {o.placer_order_number: (o.accession_number, [p.code_value for p in o.procedures])
+                  for o in session.scalars(select(Order))}
+    assert orders == {"PL-G": ("ACC-G", ["CTH"]), "PL-2": ("ACC-2", ["MRH"])}
+    cancel = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203130000||ORM^O01|G5|P|2.3.1",
+                 "PID|||PAT-G^^^HOSP||GROUP^GRETA", "ORC|CA|PL-2^HIS", "OBR|1|PL-2^HIS||MRH^MR head^L")
+    assert segments(intake.handle(cancel))["MSA"][1] == "AA"
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-G"]
+
+
+def test_each_order_group_has_its_own_order_control(intake, read_factory):
+    intake.handle(two_groups("G6", second_placer="PL-2", second_accession="ACC-2"))
+    both = two_groups("G7", second_placer="PL-2", second_accession="ACC-2", control="CA")
+    assert segments(intake.handle(both))["MSA"][1] == "AA"
+    assert worklist(read_factory) == []
+
+
+def test_one_order_with_two_accession_numbers_is_refused_naming_the_field(intake, read_factory):
+    ack = intake.handle(two_groups("G8", second_placer="PL-G", second_accession="ACC-OTHER"))
+    location, code, text = err(ack)
+    assert segments(ack)["MSA"][1] == "AE"
+    assert (location, code) == ("OBR^2^18", "102") and "ACC-OTHER" in text and "ACC-G" in text
+    assert worklist(read_factory) == []
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
+def test_error_location_names_the_segment_occurrence(intake, version):
+    """A missing modality in the second OBR is OBR^2^24, not OBR^1^24 (ERR-2 ERL / ERR-1 ELD: segment
+    sequence, HL7 v2.5.1 2.15.5; e13 of the audit)."""
+    ack = intake.handle(two_groups("G9", version=version, first_extra=[FIRST_IPC], second_modality="")
+                        .replace(b"MRH^MR head", b"XYZ^Something"))
+    assert segments(ack)["MSA"][1] == "AE"
+    location, code, text = err(ack)
+    assert (location, code) == ("OBR^2^24", "101") and "order group 2" in text
+
+
+def test_error_location_names_the_field_repetition(settings, session_factory, tmp_path):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    text = (settings.mappings_path / "default.yaml").read_text().replace("name: default", "name: auth")
+    (folder / "auth.yaml").write_text(text + "\nidentifiers:\n  patient:\n    field: PID-3\n    authorities: [HOSP]\n")
+    intake = HL7Intake(settings, session_factory, ProfileSet(folder).get("auth"))
+    too_long = "X" * 80
+    ack = intake.handle(adt("A04", "R-1", pid=f"OTHER^^^ELSE~{too_long}").replace(b"|2.3.1", b"|2.5"))
+    location, code, text = err(ack)
+    assert segments(ack)["MSA"][1] == "AE" and location == "PID^1^3^2", (location, text)
+
+
+def test_warning_err_carries_its_location(intake):
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|W-3|P|2.5",
+              "PID|||PAT-W^^^HOSP||WARN^WILMA||19800101|F", "ORC|NW|PL-W3^HIS|||||^^^20261204090000",
+              "OBR|1|PL-W3^HIS||CTH^CT head^L||||||||||||||ACC-W3|RP-W|SPS-W||||CT",
+              "ORC|NW|PL-W3^HIS|||||^^^2026ABCD",
+              "OBR|2|PL-W3^HIS||CTC^CT chest^L||||||||||||||ACC-W3|RP-W2|SPS-W2||||CT")
+    fields = segments(intake.handle(raw))["ERR"]
+    assert fields[2] == "ORC^2^7" and fields[4] == "W" and "2026ABCD" in fields[8]

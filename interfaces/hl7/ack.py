@@ -39,14 +39,17 @@ ERROR_CODES = {  # HL7 table 0357 (message error condition codes), v2.5.1
 
 SEVERITIES = frozenset({"E", "W", "I", "F"})  # HL7 table 0516 (error severity)
 
-_LOCATION = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:-(?P<field>\d+)(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?")
+# 'PID-3.1.2', 'OBR[2]-24' (second OBR of the message), 'PID-3[2].1' (second repetition of PID-3)
+_LOCATION = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:\[(?P<occurrence>\d+)\])?"
+                       r"(?:-(?P<field>\d+)(?:\[(?P<rep>\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?")
 
 
 @dataclass(frozen=True)
 class ErrorDetail:
     """One error for the ERR segment.
 
-    ``code`` is from HL7 table 0357, ``location`` like 'PID-3', 'PID-3.1', 'OBR-18', 'MSH-9' or just 'IPC',
+    ``code`` is from HL7 table 0357, ``location`` like 'PID-3', 'PID-3.1', 'OBR-18', 'MSH-9' or just 'IPC';
+    'OBR[2]-24' names the second OBR of the message, 'PID-3[2]' the second repetition of PID-3 (ERL, 2.15.5.2),
     ``severity`` from table 0516 (E error, W warning, I information, F fatal).
     """
 
@@ -91,14 +94,18 @@ def _message_type(version: tuple[int, ...] | None, trigger: str, delims: Delimit
     return f"ACK{cs}{trigger}{cs}ACK"
 
 
-def _location_parts(location: str | None) -> tuple[str, str, str, str, str] | None:
-    """(segment, occurrence, field, component, subcomponent) of 'PID-3.1.2'-style locations."""
+def _location_parts(location: str | None) -> tuple[str, str, str, str, str, str] | None:
+    """(segment, occurrence, field, repetition, component, subcomponent) of a location: 'PID-3.1.2',
+    'OBR[2]-24' (the second OBR of the message), 'PID-3[2].1' (the second repetition of PID-3).
+    The occurrence defaults to 1; the repetition to 1 when a component is named, else it is empty."""
     if not location:
         return None
     match = _LOCATION.fullmatch(location.strip())
     if match is None:
         return None
-    return match["segment"], "1", match["field"] or "", match["comp"] or "", match["sub"] or ""
+    comp = match["comp"] or ""
+    rep = match["rep"] or ("1" if comp else "")
+    return match["segment"], match["occurrence"] or "1", match["field"] or "", rep, comp, match["sub"] or ""
 
 
 def _err_v25(error: ErrorDetail, delims: Delimiters) -> str:
@@ -111,8 +118,8 @@ def _err_v25(error: ErrorDetail, delims: Delimiters) -> str:
         if error.location:
             user_message = f"{error.location}: {error.text}"
     else:
-        segment, occurrence, field, comp, sub = parts
-        erl_parts = [segment, occurrence, field, "1" if comp else "", comp, sub]
+        segment, occurrence, field, rep, comp, sub = parts
+        erl_parts = [segment, occurrence, field, rep, comp, sub]
         erl = cs.join(erl_parts).rstrip(cs)
     description = ERROR_CODES.get(error.code, error.text)
     cwe = cs.join((escape(error.code, delims), escape(description, delims), "HL70357"))

@@ -377,6 +377,7 @@ class HL7Intake:
         ctx = self._context(msg, row, profile)
         savepoint = session.begin_nested()
         recorder = ChangeRecorder(session)
+        origins = ctx.origins  # where the values of the command being applied were read from
         try:
             if profile.strict_structure:
                 validate_structure(decoded.text)
@@ -384,7 +385,8 @@ class HL7Intake:
             if trace is not None:
                 trace["commands"] = result.commands
             cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
-            for command in result.commands:
+            for index, command in enumerate(result.commands):
+                origins = result.origins[index] if index < len(result.origins) else ctx.origins
                 changed = apply_command(session, command, cause, uid_root=profile.uid_root or self.settings.uid_root,
                                         accession_prefix=profile.accession_prefix)
                 self._remember_keys(row, changed)
@@ -400,8 +402,8 @@ class HL7Intake:
             raise
         except Exception as exc:
             outcome = ack_for_error(exc)
-            if isinstance(exc, DomainError) and exc.location and "." in exc.location:
-                where = locate(profile, exc.location, msg, ctx.origins) or exc.location
+            if isinstance(exc, DomainError) and exc.location and exc.location[:1].islower():  # a domain key
+                where = locate(profile, exc.location, msg, origins) or exc.location
                 outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, location=where))
             if not isinstance(exc, DomainError):
                 log.exception("message %s: unexpected failure", row.id)
@@ -436,7 +438,7 @@ class HL7Intake:
             return [outcome.error]
         if outcome.ack_code != "AA" or not warnings or (version_tuple(msg.version) or (0,)) < (2, 5):
             return []
-        return [ErrorDetail("0", warning[:250], None, "W") for warning in warnings[:10]]
+        return [ErrorDetail("0", warning[:250], getattr(warning, "location", None), "W") for warning in warnings[:10]]
 
     @staticmethod
     def _remember_keys(row: InboundMessage, changed) -> None:
