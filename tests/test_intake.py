@@ -130,6 +130,39 @@ def test_reused_control_id_with_other_content_is_processed(intake, session_facto
         assert sorted(session.scalars(select(Patient.patient_id))) == ["P-A", "P-B"]
 
 
+RESENDS = {  # how a sender may resend a message after a lost ACK: the same message (app.services.messages)
+    "CRLF terminators": lambda raw: raw.replace(b"\r", b"\r\n"),
+    "LF terminators": lambda raw: raw.replace(b"\r", b"\n"),
+    "an extra trailing CR": lambda raw: raw + b"\r",
+    "MSH-7 stamped anew": lambda raw: raw.replace(b"|20261203120000+0100|", b"|20261203120005+0100|", 1),
+    "trailing empty fields": lambda raw: raw.replace(b"\rPID|||PAT-1^^^HOSP||TESTER^ANNA^M||19800101|F\r",
+                                                     b"\rPID|||PAT-1^^^HOSP||TESTER^ANNA^M||19800101|F|||\r"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(RESENDS))
+def test_a_resend_is_a_duplicate_whatever_its_terminators_or_msh7(intake, session_factory, how):
+    raw = orm("NW", "D1")
+    first = intake.handle(raw)
+    resent = RESENDS[how](raw)
+    assert resent != raw
+    assert intake.handle(resent) == first     # the original ACK, not AE "already exists"
+    with unit_of_work(session_factory) as session:
+        rows = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        assert [m.status for m in rows] == [MessageStatus.PROCESSED, MessageStatus.DUPLICATE]
+        assert rows[1].raw == resent and rows[1].duplicate_of_fk == rows[0].id
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_other_content_under_the_same_control_id_is_another_message(intake, session_factory):
+    """BUG-28: a reused control id with different content is a different message, even one field."""
+    intake.handle(orm("NW", "D2"))
+    ack = intake.handle(orm("NW", "D2", placer="PL-101", accession="ACC-101"))
+    assert segments(ack)["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 2
+
+
 def test_second_nw_for_a_known_order_is_refused(intake, read_factory):
     intake.handle(orm("NW", "C4"))
     ack = intake.handle(orm("NW", "C5", accession="ACC-OTHER"))

@@ -4,8 +4,11 @@ The flow of DESIGN.md section 3, "HL7 in":
 
 1. the raw bytes are stored as an InboundMessage and committed (durable before anything else);
 2. decoded by MSH-18 (interfaces.hl7.charsets), tokenized (interfaces.hl7.tokenizer);
-3. a resent message (same sender MSH-3^MSH-4, control id MSH-10 and bytes) gets the original ACK
-   and changes nothing;
+3. a resent message (same sender MSH-3^MSH-4, control id MSH-10 and content) gets the original ACK
+   and changes nothing. The content is the tokenized segments without MSH-7 (segment terminators,
+   a trailing CR and trailing empty fields do not count; a re-stamped MSH-7 does not either, since a
+   sender may rebuild a message it resends; any other difference is another message, BUG-28); see
+   :mod:`app.services.messages`;
 4. the mapping profile of its sender (MSH-3/MSH-4; mappings.profile.ProfileSet) turns it into
    domain commands, applied in one unit of work together with the message's final status and
    the profile's name and version;
@@ -357,6 +360,7 @@ class HL7Intake:
         row.control_id = msg.control_id[:199]
         row.message_type = message_type(msg)[:32]
         row.charset = decoded.codec
+        row.digest = store.content_digest(segment.fields for segment in msg.segments)  # the duplicate rule's content
         profile = profile or self.profiles.for_sender(msg.sending_application, msg.sending_facility)
         row.profile = profile.label[:128]
         if trace is not None:
