@@ -635,3 +635,35 @@ def test_warning_err_carries_its_location(intake):
               "OBR|2|PL-W3^HIS||CTC^CT chest^L||||||||||||||ACC-W3|RP-W2|SPS-W2||||CT")
     fields = segments(intake.handle(raw))["ERR"]
     assert fields[2] == "ORC^2^7" and fields[4] == "W" and "2026ABCD" in fields[8]
+
+
+def test_reprocess_refuses_what_was_applied_and_keeps_its_record(intake, session_factory):
+    """e6 of the audit: reprocessing a PROCESSED NW applied it again, turned it into ERROR/AE and wiped its
+    change record. Now: Conflict, nothing changes; a resend is still a duplicate of it."""
+    from app.errors import Conflict
+
+    first = intake.handle(orm("NW", "R1"))
+    with pytest.raises(Conflict, match="PROCESSED"):
+        intake.reprocess(1)
+    with unit_of_work(session_factory) as session:
+        row = session.get(InboundMessage, 1)
+        assert (row.status, row.ack_code, row.attempts, row.ack) == (MessageStatus.PROCESSED, "AA", 1, first)
+        assert row.changes
+    assert intake.handle(orm("NW", "R1")) == first
+    with pytest.raises(Conflict, match="DUPLICATE"):
+        intake.reprocess(2)
+    assert intake.reprocess(1, dry_run=True).status is MessageStatus.PROCESSED  # a dry run shows what it is
+
+
+def test_reprocess_of_a_batch_applies_only_its_failed_messages(intake, session_factory, read_factory):
+    batch = (b"BHS|^~\\&|HIS|HOSP|RIS|RAD|20261203||||B-R\r" + orm("NW", "BR1") +
+             orm("CA", "BR2", placer="PL-200", accession="ACC-200") + b"BTS|2\r")
+    intake.handle(batch)
+    intake.handle(orm("NW", "BR3", placer="PL-200", accession="ACC-200"))
+    result = intake.reprocess(1)
+    assert result.status is MessageStatus.PROCESSED
+    with unit_of_work(session_factory) as session:
+        rows = {m.control_id: m for m in session.scalars(select(InboundMessage))}
+        assert (rows["BR1"].status, rows["BR1"].attempts) == (MessageStatus.PROCESSED, 1)
+        assert rows["BR2"].status is MessageStatus.PROCESSED
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]

@@ -102,6 +102,10 @@ class Trial:
     worklist: list                     # app.queries.worklist.WorklistItem, as the worklist would offer them
 
 
+# What :meth:`HL7Intake.reprocess` accepts: messages that changed nothing.
+REPROCESSABLE = (MessageStatus.ERROR, MessageStatus.RECEIVED, MessageStatus.REJECTED)
+
+
 def _condition(value: str) -> str:
     """An acknowledgment condition of table 0155; anything else counts as not given."""
     value = value.strip().upper()
@@ -241,12 +245,33 @@ class HL7Intake:
         return None
 
     def reprocess(self, msg_id: int, *, dry_run: bool = False) -> "Result":
-        """Apply a stored message again (e.g. after a mapping or an order was fixed).
+        """Apply a stored message that was not applied, again (e.g. after a mapping or an order was fixed).
 
-        With ``dry_run`` nothing is written: the result says what would happen (status, ACK,
-        the changes it would make). Duplicates are not re-applied; batches are reprocessed through
-        their messages.
+        Only a message that changed nothing can be reprocessed (:data:`REPROCESSABLE`: ERROR, RECEIVED,
+        REJECTED, e.g. once a profile handles its type). A PROCESSED message was applied: applying
+        it again would apply it twice (a second NW "already exists", a merge repeated) and overwrite its ACK and
+        change record, so it is refused with :class:`~app.errors.Conflict` (409 at the HTTP edge); so is a
+        DUPLICATE (its original is the message). There is no force: to change what a processed message did,
+        send the correcting message (XO, A08, CA...). With ``dry_run`` nothing is written: the result says
+        what would happen (status, ACK, the changes it would make); a dry run of a message that was applied
+        shows its stored result. A batch is reprocessed through its messages; those already processed are left
+        as they are.
         """
+        if dry_run:
+            return self._with_retries(msg_id, reprocess=True, dry_run=True)
+        session = self.factory()
+        try:
+            row = session.get(InboundMessage, msg_id)
+            if row is None:
+                raise NotFound(f"no message {msg_id}", location="message_id")
+            status = row.status
+        finally:
+            session.close()
+        if status not in REPROCESSABLE:
+            what = ("it was applied: reprocessing would apply it twice; send a correcting message instead"
+                    if status is MessageStatus.PROCESSED else "it is a duplicate: its original is the message")
+            raise Conflict(f"message {msg_id} is {status.value}: {what} (only messages that were not applied "
+                           f"can be reprocessed: {', '.join(s.value for s in REPROCESSABLE)})", location="status")
         return self._with_retries(msg_id, reprocess=True, dry_run=dry_run)
 
     def trial(self, raw: bytes | None = None, *, message_id: int | None = None,
@@ -321,7 +346,7 @@ class HL7Intake:
                 raise KeyError(f"no message {msg_id}")
             if not reprocess and row.status is not MessageStatus.RECEIVED and row.ack is not None:
                 return Result.of(row)
-            if reprocess and row.status is MessageStatus.DUPLICATE:
+            if reprocess and row.status not in REPROCESSABLE:  # a batch's message that was applied: kept
                 return Result.of(row)
             result, batch = self._process_row(session, row, reprocess=reprocess, dry_run=dry_run)
             if batch is None:
