@@ -17,7 +17,7 @@ before it.
 
 Error locations name the segment occurrence and field repetition (``OBR[2]-24``: the 24th field of the
 second OBR of the message; ERR-2 ``OBR^2^24``, HL7 v2.5.1 2.15.5.2 ERL); warnings carry theirs
-(:class:`Warning`).
+(:class:`LocatedWarning`).
 
 Beyond reading fields, a profile may look a code up in one of its tables (a code the table lacks is
 an UnknownCode naming the profile, the table and the code), choose the patient identifier among
@@ -61,12 +61,12 @@ class MappingResult:
     origins: list[dict[str, str]] = field(default_factory=list)  # per command: domain key -> location read
 
 
-class Warning(str):  # noqa: A001 - a warning text that knows the field it is about
+class LocatedWarning(str):  # noqa: A001 - a warning text that knows the field it is about
     """A warning's text, with the location (``OBR[2]-24``) of the field it is about, or None."""
 
     location: str | None = None
 
-    def __new__(cls, text: str, location: str | None = None) -> "Warning":
+    def __new__(cls, text: str, location: str | None = None) -> "LocatedWarning":
         obj = super().__new__(cls, text)
         obj.location = location
         return obj
@@ -239,7 +239,7 @@ class Mapper:
         value = fn(*args)
         for i in range(before, len(ctx.warnings)):
             if getattr(ctx.warnings[i], "location", None) is None:
-                ctx.warnings[i] = Warning(ctx.warnings[i], location)
+                ctx.warnings[i] = LocatedWarning(ctx.warnings[i], location)
         return value
 
     def _value(self, msg, p: FieldPath, k: int, at: dict[str, int]) -> str:
@@ -338,6 +338,10 @@ class Mapper:
                                    action)
         elif action == "report":
             result = MappingResult([self.report(msg, ctx)], action)
+        elif action == "acknowledge":
+            ctx.warnings.append(LocatedWarning(f"{message_type(msg)} acknowledged without action (profile "
+                                        f"{self.profile.name!r}: acknowledge)", "MSH-9"))
+            result = MappingResult([], action)
         elif action == "change_patient_id":
             result = MappingResult([ChangePatientId(self.patient(msg, ctx), self.prior(msg, ctx))], action)
         else:
@@ -388,7 +392,7 @@ class Mapper:
         try:
             duration = float(raw_duration) * _MINUTES.get(units, 1.0) if raw_duration else None
         except ValueError:
-            ctx.warnings.append(Warning(f"appointment duration {raw_duration!r} is not a number: ignored",
+            ctx.warnings.append(LocatedWarning(f"appointment duration {raw_duration!r} is not a number: ignored",
                                         ctx.origins.get("appointment.duration")))
             duration = None
         return AppointmentData(
@@ -501,7 +505,7 @@ class Mapper:
             status = self.text("order.status", msg, ctx, first)
             action = self.profile.status_changes.get(status)
             if action is None:
-                ctx.warnings.append(Warning(f"status change to {status or '(empty)'} recorded; it changes nothing "
+                ctx.warnings.append(LocatedWarning(f"status change to {status or '(empty)'} recorded; it changes nothing "
                                             f"here", ctx.origins.get("order.status")))
                 return None, "status"
         if action in ("hold", "release"):

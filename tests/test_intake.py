@@ -667,3 +667,58 @@ def test_reprocess_of_a_batch_applies_only_its_failed_messages(intake, session_f
         assert (rows["BR1"].status, rows["BR1"].attempts) == (MessageStatus.PROCESSED, 1)
         assert rows["BR2"].status is MessageStatus.PROCESSED
     assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]
+
+
+# MSH-11 / MSH-12 (HL7 v2.5.1 2.9.2, tables 0103 and 0104) -------------------------------------------------
+@pytest.mark.parametrize("label, old, new, code, location", [
+    ("MSH-12 empty", b"|P|2.3.1", b"|P|", "203", "MSH^1^12"),
+    ("MSH-12 9.9", b"|P|2.3.1", b"|P|9.9", "203", "MSH^1^12"),
+    ("MSH-12 2.1", b"|P|2.3.1", b"|P|2.1", "203", "MSH^1^12"),
+    ("MSH-11 D", b"|P|2.3.1", b"|D|2.3.1", "202", "MSH^1^11"),
+    ("MSH-11 empty", b"|P|2.3.1", b"||2.3.1", "202", "MSH^1^11"),
+    ("MSH-11 X", b"|P|2.3.1", b"|X|2.3.1", "202", "MSH^1^11"),
+])
+def test_unsupported_processing_id_or_version_is_refused(intake, read_factory, session_factory, label, old, new,
+                                                          code, location):
+    ack = intake.handle(orm("NW", "V1").replace(old, new))
+    header = segments(ack)["MSH"]
+    assert segments(ack)["MSA"][1:3] == ["AR", "V1"], label
+    assert err(ack)[:2] == (location, code)
+    assert header[10] and header[11]          # the ACK's own MSH-11 and MSH-12 are never empty
+    assert worklist(read_factory) == []
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(InboundMessage)).one().status is MessageStatus.REJECTED
+
+
+@pytest.mark.parametrize("version", ["2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"])
+def test_versions_22_to_28_are_applied(intake, read_factory, version):
+    ack = intake.handle(orm("NW", "V2").replace(b"|P|2.3.1", f"|P|{version}".encode()))
+    assert segments(ack)["MSA"][1] == "AA"
+    assert len(worklist(read_factory)) == 1
+
+
+def test_a_training_message_is_answered_but_never_applied(intake, read_factory, session_factory):
+    """MSH-11 T (training): checked and acknowledged like any other, kept out of production data."""
+    ack = intake.handle(orm("NW", "T1").replace(b"|P|2.3.1", b"|T|2.5"))
+    assert segments(ack)["MSA"][1] == "AA" and segments(ack)["MSH"][10] == "T"
+    assert segments(ack)["ERR"][2] == "MSH^1^11" and "training" in segments(ack)["ERR"][8]
+    bad = intake.handle(orm("NW", "T2", modality="", code="XYZ^Thing^L").replace(b"|P|2.3.1", b"|T|2.5"))
+    assert segments(bad)["MSA"][1] == "AE"    # the check is real
+    assert worklist(read_factory) == []
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(Order)).all() == [] and session.scalars(select(Patient)).all() == []
+        assert session.scalars(select(InboundMessage).order_by(InboundMessage.id)).first().changes == []
+
+
+def test_accepted_processing_ids_are_a_setting(settings, session_factory, read_factory):
+    import dataclasses
+
+    from config.settings import load_settings
+
+    assert load_settings(env={"RIS_HL7_PROCESSING_IDS": "P,D"}).hl7_processing_ids == ("P", "D")
+    lenient = HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D"), hl7_training_processing_ids=()),
+                        session_factory, ProfileSet(settings.mappings_path).get("default"))
+    assert segments(lenient.handle(orm("NW", "S1").replace(b"|P|2.3.1", b"|D|2.3.1")))["MSA"][1] == "AA"
+    assert segments(lenient.handle(orm("NW", "S2", placer="PL-T", accession="ACC-T")
+                                   .replace(b"|P|2.3.1", b"|T|2.3.1")))["MSA"][1] == "AR"
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]

@@ -201,7 +201,8 @@ def build_ack(
     """The acknowledgment of ``msg`` (HL7 v2.5.1 2.9.2, 2.14.1), segments ended by CR.
 
     MSH-3/4 are ``app``/``facility``; MSH-5/6 the sender's MSH-3/4 copied raw; MSH-7 ``now``; MSH-9 by version
-    (see ``_message_type``); MSH-10 ``control_id``; MSH-11, MSH-12 and MSH-18 echo the inbound fields raw.
+    (see ``_message_type``); MSH-10 ``control_id``; MSH-11, MSH-12 and MSH-18 echo the inbound fields raw
+    (MSH-11 and MSH-12 are required: an empty one is answered 'P' and '2.5', as for an unreadable message).
     MSA-2 echoes the inbound MSH-10 raw (empty if it had none). Before v2.5, MSA-3 carries ``text`` (default:
     the first error's text) and one ERR whose ERR-1 repeats an ELD per error; from v2.5 one ERR per error
     (ERR-2 ERL location, ERR-3 table-0357 code, ERR-4 severity, ERR-8 the error's text) and no MSA-3.
@@ -217,6 +218,10 @@ def build_ack(
         version=msg.version,
         charset=header.raw(18),
     )
+    if not echo.processing_id.strip():  # MSH-11 and MSH-12 are required in the ACK too
+        echo = replace(echo, processing_id="P")
+    if not echo.version_field.strip():
+        echo = replace(echo, version_field="2.5", version="2.5")
     return _write_ack(
         echo,
         msg.delimiters,

@@ -47,7 +47,7 @@ from interfaces.hl7 import charsets, timestamps
 from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header, version_tuple
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
-from mappings.hl7v2 import Mapper, locate, message_type
+from mappings.hl7v2 import LocatedWarning, Mapper, locate, message_type
 from mappings.profile import Profile, ProfileSet, SingleProfile
 from mappings.transforms import Context
 
@@ -125,10 +125,49 @@ def is_batch(text: str) -> bool:
     return head == "MSH" and ("\rMSH" in text or "\nMSH" in text)
 
 
+class HeaderRefused(Unsupported):
+    """MSH-11 or MSH-12 names a processing id or version this engine does not apply (table 0357 202/203)."""
+
+    def __init__(self, message: str, *, location: str, code: str):
+        super().__init__(message, location=location)
+        self.code = code
+
+
+def check_header(msg: Message, settings: Settings) -> bool:
+    """Whether the message is to be applied (True) or only checked (False: a training message); refuses it
+    when its header is not acceptable.
+
+    MSH-11 processing id (PT-1, HL7 table 0103: P production, T training, D debugging): applied when in
+    ``RIS_HL7_PROCESSING_IDS`` (default P); checked and acknowledged but never applied when in
+    ``RIS_HL7_TRAINING_PROCESSING_IDS`` (default T: kept out of production data); otherwise refused, ERR code 202
+    "unsupported processing id". MSH-12 version (VID-1, table 0104) must be one of ``RIS_HL7_VERSIONS``
+    (2.2-2.8), else ERR code 203 "unsupported version id". Both fields are required (HL7 v2.5.1 2.15.9.11-12);
+    2.9.2 / 2.9.3.1: a message whose processing id or version the receiver does not accept is answered AR
+    (CR in enhanced mode)."""
+    processing = msg.value("MSH", 11).strip().upper()
+    applied = tuple(p.strip().upper() for p in settings.hl7_processing_ids)
+    training = tuple(p.strip().upper() for p in settings.hl7_training_processing_ids)
+    if processing not in applied and processing not in training:
+        shown = f"processing id {processing!r}" if processing else "no processing id"
+        raise HeaderRefused(f"MSH-11 gives {shown}; this engine applies {', '.join(applied) or 'none'} "
+                            f"(RIS_HL7_PROCESSING_IDS) and checks without applying {', '.join(training) or 'none'} "
+                            f"(RIS_HL7_TRAINING_PROCESSING_IDS)", location="MSH-11", code="202")
+    version = msg.version.strip()
+    number = version_tuple(version)
+    if number is None or not any(number[:len(v)] == v for v in
+                                 (version_tuple(a) for a in settings.hl7_versions) if v):
+        shown = f"version {version!r}" if version else "no version"
+        raise HeaderRefused(f"MSH-12 gives {shown}; this engine reads {', '.join(settings.hl7_versions)} "
+                            f"(RIS_HL7_VERSIONS)", location="MSH-12", code="203")
+    return processing in applied
+
+
 def ack_for_error(exc: Exception) -> Outcome:
     """Domain error -> message status, ACK code and HL7 table 0357 error code."""
     location = getattr(exc, "location", None)
     text = str(getattr(exc, "message", None) or exc)
+    if isinstance(exc, HeaderRefused):
+        return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail(exc.code, text, location))
     if isinstance(exc, Unsupported):
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("200", text, location))
     if isinstance(exc, HL7ParseError):
@@ -407,7 +446,9 @@ class HL7Intake:
         savepoint = session.begin_nested()
         recorder = ChangeRecorder(session)
         origins = ctx.origins  # where the values of the command being applied were read from
+        training = False
         try:
+            training = not check_header(msg, self.settings)
             if profile.strict_structure:
                 validate_structure(decoded.text)
             result = Mapper(profile).commands(msg, ctx)
@@ -437,7 +478,11 @@ class HL7Intake:
             if not isinstance(exc, DomainError):
                 log.exception("message %s: unexpected failure", row.id)
         changes = recorder.close()
-        if dry_run or outcome.status is not MessageStatus.PROCESSED:
+        if training and outcome.status is MessageStatus.PROCESSED:
+            warnings.append(LocatedWarning(f"MSH-11 {msg.value('MSH', 11).strip()}: a training message, checked and "
+                                    "acknowledged, nothing applied", "MSH-11"))
+            changes = []
+        if dry_run or training or outcome.status is not MessageStatus.PROCESSED:
             savepoint.rollback()
         else:
             savepoint.commit()

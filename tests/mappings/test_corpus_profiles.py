@@ -46,7 +46,9 @@ tables:
 
 @pytest.fixture
 def shipped(settings, session_factory):
-    return HL7Intake(settings, session_factory, ProfileSet(REPO_ROOT / "mappings", "default"))
+    # D (debugging, MSH-11 of the 1994 HAPI samples) applied like P, so that the mapping is what is tested
+    return HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D")), session_factory,
+                     ProfileSet(REPO_ROOT / "mappings", "default"))
 
 
 def test_jj1017_codes_give_the_modality_through_a_code_table(settings, session_factory, tmp_path):
