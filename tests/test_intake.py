@@ -722,3 +722,50 @@ def test_accepted_processing_ids_are_a_setting(settings, session_factory, read_f
     assert segments(lenient.handle(orm("NW", "S2", placer="PL-T", accession="ACC-T")
                                    .replace(b"|P|2.3.1", b"|T|2.3.1")))["MSA"][1] == "AR"
     assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]
+
+
+def _aged_messages(intake, session_factory) -> None:
+    from app.models import utcnow
+
+    intake.handle(orm("NW", "P1"))
+    intake.handle(orm("CA", "P2", placer="NOPE"))   # ERROR
+    with unit_of_work(session_factory) as session:
+        for m in session.scalars(select(InboundMessage)):
+            m.received_at = utcnow() - dt.timedelta(days=100)
+
+
+def test_retention_prunes_errors_when_the_setting_asks(intake, session_factory):
+    from config.settings import load_settings
+    from interfaces.scheduler.jobs import make_scheduler
+
+    _aged_messages(intake, session_factory)
+    settings = load_settings(env={"RIS_MESSAGE_RETENTION_INCLUDE_ERRORS": "yes"})
+    assert settings.message_retention_include_errors is True
+    scheduler = make_scheduler(settings, session_factory, intake)
+    job = scheduler.get_job("prune_messages")
+    assert job.args[1:] == (90.0, True)
+    assert job.func(*job.args) == 2
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(InboundMessage)).all() == []
+
+
+@pytest.mark.parametrize("argv, env, left", [
+    (["messages", "prune"], {}, [MessageStatus.ERROR]),
+    (["messages", "prune", "--include-errors"], {}, []),
+    (["messages", "prune"], {"RIS_MESSAGE_RETENTION_INCLUDE_ERRORS": "1"}, []),
+    (["messages", "prune", "--days", "200"], {}, [MessageStatus.PROCESSED, MessageStatus.ERROR]),
+])
+def test_ris_messages_prune(intake, session_factory, settings, monkeypatch, capsys, argv, env, left):
+    from interfaces.cli import main
+
+    _aged_messages(intake, session_factory)
+    monkeypatch.setenv("RIS_DATABASE_URL", settings.database)
+    monkeypatch.setenv("RIS_DATA_DIR", str(settings.data_dir))
+    monkeypatch.delenv("RIS_MESSAGE_RETENTION_INCLUDE_ERRORS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{2 - len(left)} messages older than" in out
+    with unit_of_work(session_factory) as session:
+        assert [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == left
