@@ -769,3 +769,18 @@ def test_ris_messages_prune(intake, session_factory, settings, monkeypatch, caps
     assert f"{2 - len(left)} messages older than" in out
     with unit_of_work(session_factory) as session:
         assert [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == left
+
+
+def test_ordering_keys_name_every_patient_of_the_message(intake):
+    from interfaces.mllp.framing import FrameEvent
+
+    def keys(raw: bytes):
+        return intake.ordering_key(FrameEvent(payload=raw, size=len(raw)))  # as the MLLP server calls it
+
+    assert keys(orm("NW", "K1")) == ("patient:PAT-1",)
+    assert keys(a40("K2", "NEW-1", "OLD-1")) == ("patient:NEW-1", "patient:OLD-1")
+    two_pairs = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ADT^A40^ADT_A39|K3|P|2.5", "EVN|A40",
+                    "PID|||S1~X9^^^H", "MRG|M1^^^H", "PID|||S2^^^H", "MRG|M2^^^H")
+    assert keys(two_pairs) == ("patient:S1", "patient:S2", "patient:M1", "patient:M2")
+    assert keys(adt("A08", "K4").replace(b"\r", b"\n")) == ("patient:PAT-1",)
+    assert keys(b"MSH|^~\\&|A|B|C|D|2026||MFN^M02|K5|P|2.5\rMFI|PRA\r") is None

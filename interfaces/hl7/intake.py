@@ -352,24 +352,32 @@ class HL7Intake:
                     return self._finish_failed(msg_id, exc)
         raise AssertionError("unreachable")
 
-    def ordering_key(self, event) -> str | None:
-        """MLLP ordering key: the patient (PID-3.1) a frame is about, read without parsing.
+    def ordering_key(self, event) -> tuple[str, ...] | None:
+        """MLLP ordering keys: the patients a frame is about, read without parsing: PID-3.1 of every PID and
+        MRG-1.1 of every MRG (the prior identifier of a merge or change of identifier, HL7 v2.5.1 3.4.7.1), as
+        ``patient:<id>``.
 
-        Frames with the same key are applied in arrival order, even from several connections;
-        frames of different patients run in parallel.
+        Frames that share a key are applied in arrival order, even from several connections; frames of
+        different patients run in parallel. An A40 carries both keys, so it is ordered against the messages
+        of the surviving patient and against those of the one merged away.
         """
         payload = event.payload
-        start = payload.find(b"PID", 3)
-        while start > 0 and payload[start - 1] not in (0x0D, 0x0A):
-            start = payload.find(b"PID", start + 3)
-        if start < 0 or len(payload) < 8:
+        if len(payload) < 8:
             return None
-        sep, comp = payload[3:4], payload[4:5]
-        fields = payload[start:payload.find(b"\r", start) if b"\r" in payload[start:] else None].split(sep, 4)
-        if len(fields) < 4:
-            return None
-        key = fields[3].split(comp, 1)[0].strip()
-        return ("patient:" + key.decode("latin-1")) if key else None
+        sep, comp, rep = payload[3:4], payload[4:5], payload[5:6]
+        keys: list[str] = []
+        for name, number in ((b"PID", 3), (b"MRG", 1)):
+            start = payload.find(name, 3)
+            while start > 0:
+                if payload[start - 1] in (0x0D, 0x0A):
+                    ends = [i for i in (payload.find(b"\r", start), payload.find(b"\n", start)) if i >= 0]
+                    fields = payload[start:min(ends) if ends else None].split(sep, number + 1)
+                    if len(fields) > number:
+                        key = fields[number].split(rep, 1)[0].split(comp, 1)[0].strip()
+                        if key and key != b'""':
+                            keys.append("patient:" + key.decode("latin-1"))
+                start = payload.find(name, start + 3)
+        return tuple(dict.fromkeys(keys)) or None
 
     # Steps -------------------------------------------------------------------------------
     def _decode(self, raw: bytes):
