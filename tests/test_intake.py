@@ -784,3 +784,69 @@ def test_ordering_keys_name_every_patient_of_the_message(intake):
     assert keys(two_pairs) == ("patient:S1", "patient:S2", "patient:M1", "patient:M2")
     assert keys(adt("A08", "K4").replace(b"\r", b"\n")) == ("patient:PAT-1",)
     assert keys(b"MSH|^~\\&|A|B|C|D|2026||MFN^M02|K5|P|2.5\rMFI|PRA\r") is None
+
+
+# Enhanced acknowledgment mode: the application ACK as a message of its own (HL7 v2.5.1 2.9.3) ---------------
+def _enhanced(message: bytes, accept: str, application: str) -> bytes:
+    head, rest = message.split(b"\r", 1)
+    return head + f"|||{accept}|{application}".encode() + b"\r" + rest
+
+
+def test_application_ack_is_sent_to_the_senders_destination_over_mllp(settings, session_factory):
+    """MSH-15 AL + MSH-16 AL: the connection gets CA; the AE goes to the sender's application through the
+    outbox and a real MLLP listener receives it, MSA-2 naming the failed message."""
+    import dataclasses
+
+    from interfaces.mllp import MLLPServer
+    from interfaces.outbound.dispatcher import build_dispatcher, route_destinations
+
+    received: list[bytes] = []
+
+    def his(event, peer):  # the sender's application: answers our ACK message with a commit ACK
+        received.append(event.payload)
+        control = event.payload.split(b"\r")[0].split(b"|")[9]
+        return b"MSH|^~\\&|HIS|HOSP|RIS|RADIOLOGY|20261203||ACK|H1|P|2.5.1\rMSA|CA|" + control + b"\r"
+
+    listener = MLLPServer(his, "127.0.0.1", 0)
+    listener.start()
+    try:
+        spec = f"hisack=127.0.0.1:{listener.port};kinds=hl7.application_ack;application=HIS;facility=HOSP"
+        configured = dataclasses.replace(settings, outbound_destinations=(spec,))
+        route_destinations(configured, session_factory)
+        intake = HL7Intake(configured, session_factory, ProfileSet(settings.mappings_path).get("default"))
+        reply = intake.handle(_enhanced(orm("CA", "EA-1", placer="NOPE"), "AL", "AL"))
+        assert segments(reply)["MSA"][1:3] == ["CA", "EA-1"]
+        ok = intake.handle(_enhanced(orm("NW", "EA-2"), "AL", "ER"))   # ER: no application ACK for a success
+        assert segments(ok)["MSA"][1] == "CA"
+        with unit_of_work(session_factory) as session:
+            first = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).first()
+            assert "queued for hisack" in first.warnings
+        dispatcher = build_dispatcher(configured, session_factory)
+        try:
+            assert dispatcher.run_once() == {"hisack": 1}
+        finally:
+            dispatcher.close()
+        [sent] = received
+        lines = sent.split(b"\r")
+        assert lines[1] == b"MSA|AE|EA-1"
+        assert lines[0].split(b"|")[4:6] == [b"HIS", b"HOSP"]     # to the sender's application and facility
+        assert b"unknown order" in sent
+    finally:
+        listener.stop()
+
+
+def test_application_ack_without_a_destination_is_kept_and_said_so(intake, session_factory):
+    reply = intake.handle(_enhanced(orm("CA", "EA-3", placer="NOPE"), "AL", "AL"))
+    assert segments(reply)["MSA"][1] == "CA"
+    with unit_of_work(session_factory) as session:
+        row = session.scalars(select(InboundMessage)).one()
+        assert segments(row.ack)["MSA"][1] == "AE"                 # the application ACK, kept
+        assert "application ACK AE not sent: no outbound destination" in row.warnings
+
+
+def test_accept_never_application_ack_on_the_connection(intake):
+    """MSH-15 NE (or empty) with MSH-16 AL: no accept ACK is due, the application ACK answers on the connection;
+    MSH-15 AL with MSH-16 NE (BUG-10's header): the accept ACK only - the sender asked for no application ACK."""
+    assert segments(intake.handle(_enhanced(orm("CA", "EA-4", placer="NOPE"), "NE", "AL")))["MSA"][1] == "AE"
+    assert segments(intake.handle(_enhanced(orm("CA", "EA-5", placer="NOPE"), "", "AL")))["MSA"][1] == "AE"
+    assert segments(intake.handle(_enhanced(orm("NW", "EA-6"), "AL", "NE")))["MSA"][1] == "CA"

@@ -21,6 +21,10 @@ __all__ = ["ACK_CODES", "ERROR_CODES", "ErrorDetail", "build_ack", "build_reject
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})  # HL7 table 0008
 
+# Outbox kind of an application ACK sent as a message of its own (enhanced mode, HL7 v2.5.1 2.9.3): payload
+# {"message": the ACK text, "codec": its character set, "sender": MSH-3^MSH-4 of the message it answers}.
+APPLICATION_ACK = "hl7.application_ack"
+
 ERROR_CODES = {  # HL7 table 0357 (message error condition codes), v2.5.1
     "0": "Message accepted",
     "100": "Segment sequence error",

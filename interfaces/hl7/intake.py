@@ -41,10 +41,12 @@ from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCod
 from app.models import InboundMessage, MessageStatus, Order
 from app.queries.worklist import to_item
 from app.services import messages as store
+from app.services import outbox
 from app.services.dispatch import apply_command
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
-from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header, version_tuple
+from interfaces.hl7.ack import (APPLICATION_ACK, ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header,
+                                version_tuple)
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
 from mappings.hl7v2 import LocatedWarning, Mapper, locate, message_type
@@ -265,8 +267,10 @@ class HL7Intake:
         condition AL/NE/ER/SU (table 0155; empty MSH-15 counts as NE, empty MSH-16 as AL). The accept ACK
         reports whether the message was taken into safe storage (2.9.3.1): CA for every stored message, CR
         only for one refused as a message (our AR); whether it could be applied is the application ACK's
-        business (AA/AE). When both are due, the accept ACK is the answer: the standard sends application
-        ACKs as messages of their own, which this engine records (``ack`` in the store) but does not send yet.
+        business (AA/AE). When both are due, the accept ACK is the answer on the connection and the application
+        ACK is a message of its own to the sender's application (2.9.3.2), sent through the outbox
+        (:meth:`_send_application_ack`). MSH-15 AL with MSH-16 NE: the accept ACK only, never AA (the sender
+        asked for no application ACK).
         """
         accept_type = _condition(msg.value("MSH", 15))
         app_type = _condition(msg.value("MSH", 16))
@@ -501,6 +505,8 @@ class HL7Intake:
         error = outcome.error.text if outcome.error else ""
         reply = self._reply(msg, decoded, outcome.ack_code, ack, error)
         differs = reply is not ack
+        if not dry_run and differs and _wanted(_condition(msg.value("MSH", 16)) or "AL", outcome.ack_code == "AA"):
+            warnings.append(self._send_application_ack(session, msg, row, ack_text, decoded.codec))
         if not dry_run:
             store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=error, warnings=warnings,
                          changes=changes if outcome.status is MessageStatus.PROCESSED else [])
@@ -509,6 +515,28 @@ class HL7Intake:
         return Result(ack, outcome.status, outcome.ack_code, error, tuple(warnings),
                       changes if outcome.status is MessageStatus.PROCESSED else [], row.raw,
                       (reply or b"") if differs else None, differs), None
+
+    def _send_application_ack(self, session: Session, msg: Message, row: InboundMessage, ack_text: str,
+                              codec: str) -> str:
+        """Enhanced mode (HL7 v2.5.1 2.9.3): the accept ACK answered on the connection, and MSH-16 asks for the
+        application ACK too; that is a message of its own from us to the sender's application. It is written to
+        the outbox (in this transaction) for the enabled destination that receives ``hl7.application_ack`` for
+        this sender (its ``application``/``facility`` options, when set, equal MSH-3/MSH-4); with none, it stays
+        in the store (``ack``) only. Returns the warning that says which."""
+        code = ack_text.split("\r")[1][4:6] if "\rMSA" in ack_text else "?"
+        for destination in self.settings.destinations:
+            if (destination.enabled and APPLICATION_ACK in destination.kinds
+                    and destination.application in ("", msg.sending_application)
+                    and destination.facility in ("", msg.sending_facility)):
+                cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
+                [queued] = outbox.enqueue(session, APPLICATION_ACK, {"message": ack_text, "codec": codec,
+                                                                   "sender": row.sender}, cause,
+                                          destinations=[destination.name])
+                return (f"application ACK {code} queued for {destination.name} ({destination.host}:"
+                        f"{destination.port}, outbox message {queued.id}); the connection got the accept ACK")
+        return (f"application ACK {code} not sent: no outbound destination receives {APPLICATION_ACK} for "
+                f"{row.sender} (RIS_OUTBOUND_DESTINATIONS ...;kinds={APPLICATION_ACK};application=...); it is kept "
+                f"here as this message's ACK, the connection got the accept ACK")
 
     @staticmethod
     def _ack_errors(msg: Message, outcome: Outcome, warnings: list[str]) -> list[ErrorDetail]:
