@@ -438,28 +438,30 @@ class Mapper:
         HL7 v2.5.1 4.5.1.8; ORC-1 CH, table 0119) belongs to its parent's order, and when an order has
         children, they are its requested procedures (the parent's own OBR describes the whole)."""
         layout = self.layout(msg)
-        keys: dict[tuple[str, str], int] = {}
+        keys: dict[tuple[str, str, str], int] = {}
         orders: list[tuple[list[int], list[int]]] = []
         children: set[int] = set()
         for k in range(1, layout.groups + 1):
-            number = self.text("order.placer_order_number", msg, ctx, k)
-            key = (number, self.text("order.placer_issuer", msg, ctx, k)) if number else \
-                ("filler", self.text("order.filler_order_number", msg, ctx, k))
+            placer = self.text("order.placer_order_number", msg, ctx, k)
+            filler = self.text("order.filler_order_number", msg, ctx, k)
+            key = ("placer", placer, self.text("order.placer_issuer", msg, ctx, k)) if placer else \
+                ("filler", filler, "") if filler else None
             parent_occ = self.occurrence(msg, PARENT_ORDER.segment, k, {})
             parent = msg.value("ORC", PARENT_ORDER.field, 1, PARENT_ORDER.comp, 1, parent_occ).strip() \
                 if parent_occ is not None else ""
             if parent and parent != HL7_NULL:
-                match = [i for (n, _), i in keys.items() if n == parent]
+                match = [i for (kind, number, _), i in keys.items() if kind == "placer" and number == parent]
                 if match:
                     orders[match[0]][0].append(k)
                     children.add(k)
                     continue
-            if key[1] and key in keys:
-                orders[keys[key]][0].append(k)
-            elif not key[1] and orders:
+            if key is None and orders:  # no order number of its own: part of the order before it
                 orders[-1][0].append(k)
+            elif key is not None and key in keys:
+                orders[keys[key]][0].append(k)
             else:
-                keys[key] = len(orders)
+                if key is not None:
+                    keys[key] = len(orders)
                 orders.append(([k], []))
         for groups, procedures in orders:
             kids = [k for k in groups if k in children]
@@ -505,8 +507,8 @@ class Mapper:
             status = self.text("order.status", msg, ctx, first)
             action = self.profile.status_changes.get(status)
             if action is None:
-                ctx.warnings.append(LocatedWarning(f"status change to {status or '(empty)'} recorded; it changes nothing "
-                                            f"here", ctx.origins.get("order.status")))
+                ctx.warnings.append(LocatedWarning(f"status change to {status or '(empty)'} recorded; it changes "
+                                                   f"nothing here", ctx.origins.get("order.status")))
                 return None, "status"
         if action in ("hold", "release"):
             return HoldOrder(ref=ref, release=action == "release"), action

@@ -850,3 +850,15 @@ def test_accept_never_application_ack_on_the_connection(intake):
     assert segments(intake.handle(_enhanced(orm("CA", "EA-4", placer="NOPE"), "NE", "AL")))["MSA"][1] == "AE"
     assert segments(intake.handle(_enhanced(orm("CA", "EA-5", placer="NOPE"), "", "AL")))["MSA"][1] == "AE"
     assert segments(intake.handle(_enhanced(orm("NW", "EA-6"), "AL", "NE")))["MSA"][1] == "CA"
+
+
+def test_placer_numbers_without_a_namespace_still_make_two_orders(intake, session_factory):
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|NS-1|P|2.3.1", "PID|||PAT-N^^^HOSP||NS^NINA",
+              "ORC|NW|PL-N1", "OBR|1|PL-N1||CTH^CT head^L||||||||||||||ACC-N1||||||CT",
+              "ORC|NW|PL-N2", "OBR|1|PL-N2||MRH^MR head^L||||||||||||||ACC-N2||||||MR",
+              "ORC|NW", "OBR|2|||MRC^MR chest^L||||||||||||||||||||MR")   # no number: part of PL-N2
+    assert segments(intake.handle(raw))["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        orders = {o.placer_order_number: (o.accession_number, [p.code_value for p in o.procedures])
+                  for o in session.scalars(select(Order))}
+    assert orders == {"PL-N1": ("ACC-N1", ["CTH"]), "PL-N2": ("ACC-N2", ["MRH", "MRC"])}

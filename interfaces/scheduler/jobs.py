@@ -72,7 +72,8 @@ def make_scheduler(settings, session_factory, intake, dispatcher=None) -> Backgr
     scheduler.add_job(recover_unfinished_messages, "interval", seconds=60, args=(session_factory, intake),
                       id="recover_unfinished_messages", next_run_time=now)
     scheduler.add_job(prune_messages, "interval", hours=24,
-                      args=(session_factory, settings.message_retention_days, settings.message_retention_include_errors),
+                      args=(session_factory, settings.message_retention_days,
+                            settings.message_retention_include_errors),
                       id="prune_messages", next_run_time=now + dt.timedelta(minutes=5))
     scheduler.add_job(refresh_statistics, "interval", minutes=10, args=(session_factory,),
                       id="refresh_statistics", next_run_time=now + dt.timedelta(minutes=2))
