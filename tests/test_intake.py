@@ -862,3 +862,13 @@ def test_placer_numbers_without_a_namespace_still_make_two_orders(intake, sessio
         orders = {o.placer_order_number: (o.accession_number, [p.code_value for p in o.procedures])
                   for o in session.scalars(select(Order))}
     assert orders == {"PL-N1": ("ACC-N1", ["CTH"]), "PL-N2": ("ACC-N2", ["MRH", "MRC"])}
+
+
+def test_an_error_about_the_second_order_names_its_own_fields(intake):
+    """A service error (here: the accession of the second order belongs to another order) names the field of
+    the order it is about: the values of each order command remember where they were read (OBR^2^18)."""
+    intake.handle(orm("NW", "O-1"))                       # ACC-100 exists
+    ack = intake.handle(two_groups("O-2", second_placer="PL-2", second_accession="ACC-100"))
+    assert segments(ack)["MSA"][1] == "AE"
+    location, code, text = err(ack)
+    assert (location, code) == ("OBR^2^18", "205") and "ACC-100" in text
