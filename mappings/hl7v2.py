@@ -89,10 +89,10 @@ class Layout:
     """The ORDER groups of a message (see the module docstring): for each group, the occurrence numbers of
     every segment in it; and which segment names occur inside groups at all."""
 
-    __slots__ = ("groups", "grouped", "_occ")
+    __slots__ = ("groups", "grouped", "counts", "_occ")
 
     def __init__(self, msg):
-        seen: dict[str, int] = {}
+        self.counts = seen = {}  # segment name -> how many the message has
         self._occ: dict[tuple[str, int], list[int]] = {}
         group, has_obr = 0, False
         for seg in msg.segments:
@@ -138,13 +138,13 @@ def sender_of(msg) -> str:
 class Mapper:
     def __init__(self, profile: Profile):
         self.profile = profile
-        self._layouts: dict[int, tuple[object, Layout]] = {}
+        self._msg = None
+        self._layout: Layout | None = None
 
     def layout(self, msg) -> Layout:
-        cached = self._layouts.get(id(msg))
-        if cached is None or cached[0] is not msg:
-            cached = self._layouts[id(msg)] = (msg, Layout(msg))
-        return cached[1]
+        if msg is not self._msg:
+            self._msg, self._layout = msg, Layout(msg)
+        return self._layout
 
     def occurrence(self, msg, segment: str, k: int, at: dict[str, int]) -> int | None:
         """The occurrence of ``segment`` that belongs to the k-th group; None when that group has none.
@@ -152,13 +152,15 @@ class Mapper:
         A segment that occurs inside ORDER groups is read from the k-th group only. A segment of the
         message (PID, PV1, MRG...) is its k-th occurrence when there are that many (A40: one PID/MRG pair
         per merge), else the first."""
-        if segment in at:
+        if at and segment in at:
             return at[segment]
         layout = self.layout(msg)
+        found = layout._occ.get((segment, k))
+        if found:
+            return found[0]
         if segment in layout.grouped:
-            found = layout.occurrences(segment, k)
-            return found[0] if found else None
-        return k if _count(msg, segment) >= k else 1
+            return None
+        return k if layout.counts.get(segment, 0) >= k else 1
 
     def missing_location(self, spec: FieldSpec, msg, k: int, at: dict[str, int]) -> str | None:
         """Where a value none of ``spec``'s sources has should be reported: the first source whose segment
@@ -202,30 +204,29 @@ class Mapper:
             occ = self.occurrence(msg, p.segment, k, at)
             if occ is None:  # the group has no such segment
                 continue
-            location = where(p.segment, occ, p.field, p.rep)
             if p.rep is None:
                 values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
                 values = [v for v in values if v and v != HL7_NULL]
                 if values:
-                    return tuple(values), location
+                    return tuple(values), where(p.segment, occ, p.field)
                 continue
             if kind == "field":
-                value = self._located(ctx, location, fn, msg, p, occ, ctx)
+                value = self._located(ctx, p, occ, fn, msg, p, occ, ctx)
                 if value:
-                    return value, location
+                    return value, where(p.segment, occ, p.field, p.rep)
                 continue
             raw = self._raw(source, msg, k, at)
             if not raw:
                 continue
             if raw == HL7_NULL:
-                return HL7_NULL, location
+                return HL7_NULL, where(p.segment, occ, p.field, p.rep)
             if source.table:
-                raw = self.lookup(source, raw, location)
+                raw = self.lookup(source, raw, where(p.segment, occ, p.field, p.rep))
                 if raw is None:
                     continue
-            value = self._located(ctx, location, fn, raw, ctx)
+            value = self._located(ctx, p, occ, fn, raw, ctx)
             if value not in (None, ""):
-                return value, location
+                return value, where(p.segment, occ, p.field, p.rep)
         if spec.default is not None:
             value = spec.default if kind == "field" else fn(spec.default, ctx)
             if value not in (None, ""):
@@ -233,13 +234,13 @@ class Mapper:
         return None, None
 
     @staticmethod
-    def _located(ctx: Context, location: str, fn, *args):
-        """``fn(*args)``; the warnings it adds are about ``location``."""
+    def _located(ctx: Context, p: FieldPath, occ: int, fn, *args):
+        """``fn(*args)``; the warnings it adds are about the field ``p`` of segment occurrence ``occ``."""
         before = len(ctx.warnings)
         value = fn(*args)
         for i in range(before, len(ctx.warnings)):
             if getattr(ctx.warnings[i], "location", None) is None:
-                ctx.warnings[i] = LocatedWarning(ctx.warnings[i], location)
+                ctx.warnings[i] = LocatedWarning(ctx.warnings[i], where(p.segment, occ, p.field, p.rep))
         return value
 
     def _value(self, msg, p: FieldPath, k: int, at: dict[str, int]) -> str:
