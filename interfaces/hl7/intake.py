@@ -358,7 +358,7 @@ class HL7Intake:
 
     def ordering_key(self, event) -> tuple[str, ...] | None:
         """MLLP ordering keys: the patients a frame is about, read without parsing: PID-3.1 of every PID and
-        MRG-1.1 of every MRG (the prior identifier of a merge or change of identifier, HL7 v2.5.1 3.4.7.1), as
+        MRG-1.1 of every MRG (the prior identifier of a merge or change of identifier; HL7 v2.5.1 chapter 3), as
         ``patient:<id>``.
 
         Frames that share a key are applied in arrival order, even from several connections; frames of
@@ -491,8 +491,8 @@ class HL7Intake:
                 log.exception("message %s: unexpected failure", row.id)
         changes = recorder.close()
         if training and outcome.status is MessageStatus.PROCESSED:
-            warnings.append(LocatedWarning(f"MSH-11 {msg.value('MSH', 11).strip()}: a training message, checked and "
-                                    "acknowledged, nothing applied", "MSH-11"))
+            warnings.append(LocatedWarning(f"MSH-11 {msg.value('MSH', 11).strip()}: a training message, checked "
+                                           "and acknowledged, nothing applied", "MSH-11"))
             changes = []
         if dry_run or training or outcome.status is not MessageStatus.PROCESSED:
             savepoint.rollback()
