@@ -55,12 +55,26 @@ class Settings:
         "prefer-utf8",
     )
     hl7_dedup_window_days: float = _doc(
-        "A resent message (same sender, control id and bytes) within this many days gets the original ACK.", 7.0
+        "A resent message (same sender, control id and content, MSH-7 aside) within this many days gets the "
+        "original ACK.", 7.0
     )
+    hl7_processing_ids: tuple[str, ...] = _doc(
+        "MSH-11 processing ids (HL7 table 0103) whose messages are applied (D debugging would be applied like "
+        "production data: add it only for a sender that mislabels production).", ("P",))
+    hl7_training_processing_ids: tuple[str, ...] = _doc(
+        "MSH-11 processing ids whose messages are checked and acknowledged like any other but never applied "
+        "(nothing of them reaches patients, orders or the worklist; the message is stored). Ids in neither list "
+        "are refused with AR, ERR code 202.", ("T",))
+    hl7_versions: tuple[str, ...] = _doc(
+        "MSH-12 versions accepted (major.minor: 2.3 covers 2.3.1); others, and an empty MSH-12, are refused "
+        "with AR, ERR code 203.", ("2.2", "2.3", "2.4", "2.5", "2.6", "2.7", "2.8"))
     message_retention_days: float = _doc(
         "Processed, duplicate and rejected messages older than this are pruned daily (0 = keep all); "
-        "messages in ERROR are kept.", 90.0
+        "messages in ERROR are kept unless RIS_MESSAGE_RETENTION_INCLUDE_ERRORS is on.", 90.0
     )
+    message_retention_include_errors: bool = _doc(
+        "Let the daily pruning delete messages in ERROR (never applied) older than RIS_MESSAGE_RETENTION_DAYS "
+        "too.", False)
     hl7_max_message_size: int = _doc("Largest accepted HL7 message in bytes (larger: ACK AR).", 16 * 1024 * 1024)
     mllp_idle_timeout: float = _doc("Seconds an MLLP connection may stay silent before it is closed.", 600.0)
     mllp_frame_timeout: float = _doc(

@@ -183,6 +183,29 @@ def _user(args) -> int:
         engine.dispose()
 
 
+def _messages_prune(args) -> int:
+    """Delete stored messages older than the retention period now (what the daily job does)."""
+    from app.db import make_engine, make_session_factory, upgrade
+    from interfaces.scheduler.jobs import prune_messages
+
+    settings = load_settings()
+    setup_logging("ERROR")
+    days = settings.message_retention_days if args.days is None else args.days
+    if days <= 0:
+        print("ris messages prune: retention is 0 days (keep everything): nothing pruned")
+        return 0
+    include_errors = args.include_errors or settings.message_retention_include_errors
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        count = prune_messages(make_session_factory(engine), days, include_errors)
+    finally:
+        engine.dispose()
+    kept = "" if include_errors else "; messages in ERROR kept (--include-errors to prune them too)"
+    print(f"ris messages prune: {count} messages older than {days:g} days deleted{kept}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ris", description="RIS integration engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     test.add_argument("--profile", default=None, help="use this profile instead of the sender's")
     test.add_argument("--json", action="store_true", help="print the report as JSON")
     test.set_defaults(func=_mapping_test)
+    messages = sub.add_parser("messages", help="the inbound message store").add_subparsers(
+        dest="messages_command", required=True)
+    prune = messages.add_parser("prune", help="delete answered messages older than the retention period now")
+    prune.add_argument("--days", type=float, default=None, help="default: RIS_MESSAGE_RETENTION_DAYS")
+    prune.add_argument("--include-errors", action="store_true",
+                       help="delete messages in ERROR too (default: RIS_MESSAGE_RETENTION_INCLUDE_ERRORS)")
+    prune.set_defaults(func=_messages_prune)
     user = sub.add_parser("user", help="people who sign in to the web pages").add_subparsers(
         dest="user_command", required=True)
     user_add = user.add_parser("add", help="add a user (password from RIS_USER_PASSWORD or asked)")

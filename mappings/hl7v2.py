@@ -3,10 +3,21 @@
 Nothing is written here; the result is plain command values (app.commands) that the intake
 applies in one unit of work. The same function serves the analyst's dry run.
 
-Groups: every OBR segment is one requested procedure with one scheduled step (HL7 v2.5.1
-4.4.1: ORC/OBR order groups). Order values are read from the first occurrence of their segment;
-procedure and step values from the k-th occurrence of their segment for the k-th OBR when the
-message has that many (ORC, OBR, ZDS, IPC, TQ1 repeat per order), else from the first.
+Groups (HL7 v2.5.1 chapter 4, abstract message syntax of ORM^O01 4.4.1, OMG^O19 4.4.6, OMI^O23 4.4.10;
+ORU^R01 7.3.1): the segments from an ORC up to the next ORC form one ORDER group (ORC, its TIMING TQ1/TQ2,
+the OBR, and what follows the OBR: NTE, OBX, IPC, the IHE ZDS...). An OBR that follows an OBR of the same
+group without an ORC of its own starts a group too (senders that omit the ORC). Segments before the first
+group (MSH, PID, PV1...) belong to the message. A value of a group-scoped segment is read from its own
+group only: a group without an IPC, a ZDS or a TQ1 has none, it never borrows the first group's
+(:class:`Layout`). Each group is one requested procedure; its steps are its IPC segments, else one.
+Groups that name the same placer order number (ORC-2/OBR-2) are one order with several requested
+procedures; a group with another placer order number is another order (its own command, its own ORC-1
+order control), so a later CA for it finds it. A group without any order number belongs to the order
+before it.
+
+Error locations name the segment occurrence and field repetition (``OBR[2]-24``: the 24th field of the
+second OBR of the message; ERR-2 ``OBR^2^24``, HL7 v2.5.1 2.15.5.2 ERL); warnings carry theirs
+(:class:`LocatedWarning`).
 
 Beyond reading fields, a profile may look a code up in one of its tables (a code the table lacks is
 an UnknownCode naming the profile, the table and the code), choose the patient identifier among
@@ -38,6 +49,8 @@ _MINUTES = {"S": 1 / 60, "SEC": 1 / 60, "M": 1.0, "MIN": 1.0, "H": 60.0, "HR": 6
 
 # MRG-1 Prior Patient Identifier List (HL7 v2.5.1 chapter 3, MRG segment): read with PID-3's identifier policy.
 PRIOR_IDENTIFIERS = FieldPath.parse("MRG-1")
+# ORC-8 Parent (EIP, HL7 v2.5.1 4.5.1.8): the placer order number of a child order's parent.
+PARENT_ORDER = FieldPath.parse("ORC-8.1")
 
 
 @dataclass
@@ -45,49 +58,76 @@ class MappingResult:
     commands: list
     action: str
     warnings: list[str] = field(default_factory=list)
+    origins: list[dict[str, str]] = field(default_factory=list)  # per command: domain key -> location read
+
+
+class LocatedWarning(str):  # noqa: A001 - a warning text that knows the field it is about
+    """A warning's text, with the location (``OBR[2]-24``) of the field it is about, or None."""
+
+    location: str | None = None
+
+    def __new__(cls, text: str, location: str | None = None) -> "LocatedWarning":
+        obj = super().__new__(cls, text)
+        obj.location = location
+        return obj
+
+
+def where(segment: str, occurrence: int = 1, field_number: int | None = None, rep: int | None = None) -> str:
+    """A location for ERR-2: ``SEG``, ``SEG-7``; ``SEG[2]-7`` for the second segment of that name,
+    ``SEG-3[2]`` for the second repetition of the field (HL7 v2.5.1 2.15.5.2, data type ERL)."""
+    text = segment if occurrence in (None, 1) else f"{segment}[{occurrence}]"
+    if field_number is not None:
+        text += f"-{field_number}" + (f"[{rep}]" if rep not in (None, 1) else "")
+    return text
 
 
 def _count(msg, segment: str) -> int:
     return len(msg.all(segment))
 
 
-def _group_occurrences(msg, segment: str, k: int) -> list[int]:
-    """Occurrence numbers of ``segment`` between the k-th OBR and the next one."""
-    group, seen, found = 0, 0, []
-    for seg in msg.segments:
-        if seg.name == "OBR":
-            group += 1
-        elif seg.name == segment:
-            seen += 1
-            if group == k:
-                found.append(seen)
-    return found
+class Layout:
+    """The ORDER groups of a message (see the module docstring): for each group, the occurrence numbers of
+    every segment in it; and which segment names occur inside groups at all."""
+
+    __slots__ = ("groups", "grouped", "counts", "_occ")
+
+    def __init__(self, msg):
+        self.counts = seen = {}  # segment name -> how many the message has
+        self._occ: dict[tuple[str, int], list[int]] = {}
+        group, has_obr = 0, False
+        for seg in msg.segments:
+            name = seg.name
+            seen[name] = seen.get(name, 0) + 1
+            if name == "ORC" or (name == "OBR" and (group == 0 or has_obr)):
+                group, has_obr = group + 1, False
+            if name == "OBR":
+                has_obr = True
+            if group:
+                self._occ.setdefault((name, group), []).append(seen[name])
+        self.groups = group
+        self.grouped = {name for name, _ in self._occ}
+
+    def occurrences(self, segment: str, k: int) -> list[int]:
+        """Occurrence numbers (in the whole message) of ``segment`` inside the k-th group."""
+        return self._occ.get((segment, k), [])
 
 
 def message_type(msg) -> str:
     return f"{msg.message_code}^{msg.trigger_event}"
 
 
-def locate(profile: Profile, key: str, msg, origins: dict[str, str] | None = None) -> str | None:
-    """The HL7 field an error about domain value ``key`` should point at (for ERR-2).
+def locate(profile: Profile, key: str, msg, origins: dict[str, str] | None = None, k: int = 1) -> str | None:
+    """The HL7 field an error about domain value ``key`` (of the k-th group) should point at (for ERR-2).
 
     The field the value was read from; for a missing value the first source path whose segment
-    is in the message, else the first source path.
+    is in the message (in the k-th group, for a group's segment), else the first source path.
     """
     if origins and key in origins:
         return origins[key]
     spec = profile.spec(key)
     if spec is None:
         return None
-    for source in spec.sources:
-        if _count(msg, source.path.segment):
-            return source.path.location
-    return spec.sources[0].path.location if spec.sources else None
-
-
-def _occurrence(msg, segment: str, k: int, at: dict[str, int]) -> int:
-    """The occurrence of ``segment`` that belongs to the k-th order group (see the module docstring)."""
-    return at.get(segment) or (k if _count(msg, segment) >= k else 1)
+    return Mapper(profile).missing_location(spec, msg, k, {})
 
 
 def sender_of(msg) -> str:
@@ -98,6 +138,42 @@ def sender_of(msg) -> str:
 class Mapper:
     def __init__(self, profile: Profile):
         self.profile = profile
+        self._msg = None
+        self._layout: Layout | None = None
+
+    def layout(self, msg) -> Layout:
+        if msg is not self._msg:
+            self._msg, self._layout = msg, Layout(msg)
+        return self._layout
+
+    def occurrence(self, msg, segment: str, k: int, at: dict[str, int]) -> int | None:
+        """The occurrence of ``segment`` that belongs to the k-th group; None when that group has none.
+
+        A segment that occurs inside ORDER groups is read from the k-th group only. A segment of the
+        message (PID, PV1, MRG...) is its k-th occurrence when there are that many (A40: one PID/MRG pair
+        per merge), else the first."""
+        if at and segment in at:
+            return at[segment]
+        layout = self.layout(msg)
+        found = layout._occ.get((segment, k))
+        if found:
+            return found[0]
+        if segment in layout.grouped:
+            return None
+        return k if layout.counts.get(segment, 0) >= k else 1
+
+    def missing_location(self, spec: FieldSpec, msg, k: int, at: dict[str, int]) -> str | None:
+        """Where a value none of ``spec``'s sources has should be reported: the first source whose segment
+        the k-th group (or the message) has, else the first source."""
+        for source in spec.sources:
+            occ = self.occurrence(msg, source.path.segment, k, at)
+            if occ is not None and occ <= _count(msg, source.path.segment):
+                return where(source.path.segment, occ, source.path.field)
+        if not spec.sources:
+            return None
+        first = spec.sources[0].path
+        occ = self.occurrence(msg, first.segment, k, at)
+        return where(first.segment, occ or 1, first.field)
 
     # Reading values ----------------------------------------------------------------------
     def read(self, key: str, msg, ctx: Context, k: int = 1, at: dict[str, int] | None = None):
@@ -108,44 +184,49 @@ class Mapper:
         spec = self.profile.spec(key)
         if spec is None:
             return None
-        value, origin = self._first(spec, msg, ctx, k, at or {})
+        at = at or {}
+        value, origin = self._first(spec, msg, ctx, k, at)
         if origin is not None:
             ctx.origins.setdefault(key, origin)
         if value is None and spec.otherwise == "received":
             value = ctx.local_naive(ctx.received_at).replace(microsecond=0)
         if spec.required and (value is None or value in ("", HL7_NULL)):
             paths = ", ".join(str(s.path) for s in spec.sources)
-            raise InvalidInput(f"{key} missing: none of {paths} has a value", location=key, missing=True)
+            group = f" (order group {k})" if k > 1 and self.layout(msg).groups >= k else ""
+            raise InvalidInput(f"{key} missing{group}: none of {paths} has a value",
+                               location=self.missing_location(spec, msg, k, at), missing=True)
         return value
 
     def _first(self, spec: FieldSpec, msg, ctx: Context, k: int, at: dict[str, int]):
         kind, fn = TRANSFORMS[spec.transform]
         for source in spec.sources:
             p = source.path
-            occ = _occurrence(msg, p.segment, k, at)
+            occ = self.occurrence(msg, p.segment, k, at)
+            if occ is None:  # the group has no such segment
+                continue
             if p.rep is None:
                 values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
                 values = [v for v in values if v and v != HL7_NULL]
                 if values:
-                    return tuple(values), p.location
+                    return tuple(values), where(p.segment, occ, p.field)
                 continue
             if kind == "field":
-                value = fn(msg, p, occ, ctx)
+                value = self._located(ctx, p, occ, fn, msg, p, occ, ctx)
                 if value:
-                    return value, p.location
+                    return value, where(p.segment, occ, p.field, p.rep)
                 continue
             raw = self._raw(source, msg, k, at)
             if not raw:
                 continue
             if raw == HL7_NULL:
-                return HL7_NULL, p.location
+                return HL7_NULL, where(p.segment, occ, p.field, p.rep)
             if source.table:
-                raw = self.lookup(source, raw)
+                raw = self.lookup(source, raw, where(p.segment, occ, p.field, p.rep))
                 if raw is None:
                     continue
-            value = fn(raw, ctx)
+            value = self._located(ctx, p, occ, fn, raw, ctx)
             if value not in (None, ""):
-                return value, p.location
+                return value, where(p.segment, occ, p.field, p.rep)
         if spec.default is not None:
             value = spec.default if kind == "field" else fn(spec.default, ctx)
             if value not in (None, ""):
@@ -153,21 +234,32 @@ class Mapper:
         return None, None
 
     @staticmethod
-    def _raw(source: Source, msg, k: int, at: dict[str, int]) -> str:
+    def _located(ctx: Context, p: FieldPath, occ: int, fn, *args):
+        """``fn(*args)``; the warnings it adds are about the field ``p`` of segment occurrence ``occ``."""
+        before = len(ctx.warnings)
+        value = fn(*args)
+        for i in range(before, len(ctx.warnings)):
+            if getattr(ctx.warnings[i], "location", None) is None:
+                ctx.warnings[i] = LocatedWarning(ctx.warnings[i], where(p.segment, occ, p.field, p.rep))
+        return value
+
+    def _value(self, msg, p: FieldPath, k: int, at: dict[str, int]) -> str:
+        occ = self.occurrence(msg, p.segment, k, at)
+        return "" if occ is None else msg.value(p.segment, p.field, p.rep, p.comp, p.sub, occ).strip()
+
+    def _raw(self, source: Source, msg, k: int, at: dict[str, int]) -> str:
         """The text a source reads: its field (narrowed by its regex), or its fields joined."""
         if source.concat:
-            parts = [msg.value(p.segment, p.field, p.rep, p.comp, p.sub, _occurrence(msg, p.segment, k, at)).strip()
-                     for p in source.concat]
+            parts = [self._value(msg, p, k, at) for p in source.concat]
             raw = source.separator.join(part for part in parts if part and part != HL7_NULL)
         else:
-            p = source.path
-            raw = msg.value(p.segment, p.field, p.rep, p.comp, p.sub, _occurrence(msg, p.segment, k, at)).strip()
+            raw = self._value(msg, source.path, k, at)
         if source.regex is not None and raw:
             m = source.regex.search(raw)
             raw = (m.group(1) if m.groups() else m.group(0)) if m else ""
         return raw
 
-    def lookup(self, source: Source, code: str) -> str | None:
+    def lookup(self, source: Source, code: str, location: str | None = None) -> str | None:
         """``code`` looked up in the source's table and column. A code the table lacks is an error
         naming the profile, the table and the code (ACK AE, HL7 table 0357 code 103 "table value
         not found"); the message can be reprocessed once the table has it. With ``missing: skip``
@@ -180,33 +272,40 @@ class Mapper:
             return None
         what = f"no entry {code!r}" if row is None else f"no {source.column} for {code!r}"
         raise UnknownCode(f"profile {self.profile.name!r}: table {source.table!r} has {what}",
-                          location=source.path.location)
+                          location=location or source.path.location)
 
-    def identifier(self, policy: IdentifierPolicy, path: FieldPath, msg, k: int = 1) -> tuple[str, str]:
+    def identifier(self, policy: IdentifierPolicy, path: FieldPath, msg, k: int = 1,
+                   ctx: Context | None = None, key: str = "") -> tuple[str, str]:
         """(identifier, issuer) from the repetition of the CX field ``path`` the policy chooses
-        (CX-1 ID number, CX-4.1 assigning authority, CX-5 identifier type code; HL7 v2.5.1 chapter 2A, data type CX)."""
-        occ = _occurrence(msg, path.segment, k, {})
+        (CX-1 ID number, CX-4.1 assigning authority, CX-5 identifier type code; HL7 v2.5.1 chapter 2A, data type CX).
+        The repetition chosen is remembered as the origin of ``key``."""
+        occ = self.occurrence(msg, path.segment, k, {}) or 1
         candidates = []
         for rep in range(1, len(msg.values(path.segment, path.field, 1, 1, occ)) + 1):
             number = msg.value(path.segment, path.field, rep, 1, 1, occ).strip()
             if number and number != HL7_NULL:
                 candidates.append((number, msg.value(path.segment, path.field, rep, 4, 1, occ).strip(),
-                                   msg.value(path.segment, path.field, rep, 5, 1, occ).strip()))
+                                   msg.value(path.segment, path.field, rep, 5, 1, occ).strip(), rep))
+
+        def chosen(number: str, assigner: str, rep: int) -> tuple[str, str]:
+            if ctx is not None and key:
+                ctx.origins.setdefault(key, where(path.segment, occ, path.field, rep))
+            return number, assigner or policy.issuer
         for authority in policy.authorities or (None,):
             for id_type in policy.types or (None,):
-                for number, assigner, kind in candidates:
+                for number, assigner, kind, rep in candidates:
                     if authority in (None, assigner) and id_type in (None, kind):
-                        return number, assigner or policy.issuer
+                        return chosen(number, assigner, rep)
         if candidates and policy.otherwise == "first":
-            number, assigner, _ = candidates[0]
-            return number, assigner or policy.issuer
+            number, assigner, _, rep = candidates[0]
+            return chosen(number, assigner, rep)
         wanted = []
         if policy.authorities:
             wanted.append(f"assigning authority {' or '.join(policy.authorities)}")
         if policy.types:
             wanted.append(f"identifier type {' or '.join(policy.types)}")
         raise InvalidInput(f"profile {self.profile.name!r}: no {path.location} repetition with "
-                           f"{' and '.join(wanted)}", location=path.location, missing=True)
+                           f"{' and '.join(wanted)}", location=where(path.segment, occ, path.field), missing=True)
 
     def text(self, key: str, msg, ctx: Context, k: int = 1, at: dict[str, int] | None = None) -> str:
         value = self.read(key, msg, ctx, k, at)
@@ -240,6 +339,10 @@ class Mapper:
                                    action)
         elif action == "report":
             result = MappingResult([self.report(msg, ctx)], action)
+        elif action == "acknowledge":
+            ctx.warnings.append(LocatedWarning(f"{message_type(msg)} acknowledged without action (profile "
+                                        f"{self.profile.name!r}: acknowledge)", "MSH-9"))
+            result = MappingResult([], action)
         elif action == "change_patient_id":
             result = MappingResult([ChangePatientId(self.patient(msg, ctx), self.prior(msg, ctx))], action)
         else:
@@ -251,8 +354,7 @@ class Mapper:
         """The patient of the k-th PID segment (A40 carries one PID/MRG pair per merge)."""
         policy = self.profile.patient_identifier
         if policy is not None:
-            patient_id, issuer = self.identifier(policy, policy.field, msg, k)
-            ctx.origins.setdefault("patient.id", policy.field.location)
+            patient_id, issuer = self.identifier(policy, policy.field, msg, k, ctx, "patient.id")
         else:
             patient_id, issuer = self.text("patient.id", msg, ctx, k), self.text("patient.issuer", msg, ctx, k)
         name = self.read("patient.name", msg, ctx, k)
@@ -270,7 +372,7 @@ class Mapper:
     def prior(self, msg, ctx: Context, k: int = 1) -> PatientRef:
         policy = self.profile.patient_identifier
         if policy is not None:
-            return PatientRef(*self.identifier(policy, PRIOR_IDENTIFIERS, msg, k))
+            return PatientRef(*self.identifier(policy, PRIOR_IDENTIFIERS, msg, k, ctx, "merge.prior_id"))
         return PatientRef(self.text("merge.prior_id", msg, ctx, k), self.text("merge.prior_issuer", msg, ctx, k))
 
     def visit(self, msg, ctx: Context) -> VisitData:
@@ -291,7 +393,8 @@ class Mapper:
         try:
             duration = float(raw_duration) * _MINUTES.get(units, 1.0) if raw_duration else None
         except ValueError:
-            ctx.warnings.append(f"appointment duration {raw_duration!r} is not a number: ignored")
+            ctx.warnings.append(LocatedWarning(f"appointment duration {raw_duration!r} is not a number: ignored",
+                                        ctx.origins.get("appointment.duration")))
             duration = None
         return AppointmentData(
             placer_appointment_id=self.text("appointment.placer_id", msg, ctx),
@@ -319,48 +422,119 @@ class Mapper:
                             text="\n".join(lines), study_instance_uid=study_uid,
                             observed_at=self.read("report.observed_at", msg, ctx))
 
-    def order_ref(self, msg, ctx: Context) -> OrderRef:
+    def order_ref(self, msg, ctx: Context, k: int = 1) -> OrderRef:
+        """How the k-th group names its order (ORC-2/OBR-2 placer, ORC-3/OBR-3 filler, accession)."""
         return OrderRef(
-            placer_order_number=self.text("order.placer_order_number", msg, ctx),
-            placer_issuer=self.text("order.placer_issuer", msg, ctx),
-            filler_order_number=self.text("order.filler_order_number", msg, ctx),
-            accession_number=self.text("order.accession_number", msg, ctx),
+            placer_order_number=self.text("order.placer_order_number", msg, ctx, k),
+            placer_issuer=self.text("order.placer_issuer", msg, ctx, k),
+            filler_order_number=self.text("order.filler_order_number", msg, ctx, k),
+            accession_number=self.text("order.accession_number", msg, ctx, k),
         )
 
+    def orders(self, msg, ctx: Context) -> list[tuple[list[int], list[int]]]:
+        """The orders of an order message: for each, (its groups, the groups that are its requested procedures).
+
+        Groups with the same placer order number (ORC-2/OBR-2 with its namespace, else the filler order number)
+        are one order; a group without either belongs to the order before it. A child order (ORC-8 Parent,
+        HL7 v2.5.1 4.5.1.8; ORC-1 CH, table 0119) belongs to its parent's order, and when an order has
+        children, they are its requested procedures (the parent's own OBR describes the whole)."""
+        layout = self.layout(msg)
+        keys: dict[tuple[str, str, str], int] = {}
+        orders: list[tuple[list[int], list[int]]] = []
+        children: set[int] = set()
+        for k in range(1, layout.groups + 1):
+            placer = self.text("order.placer_order_number", msg, ctx, k)
+            filler = self.text("order.filler_order_number", msg, ctx, k)
+            key = ("placer", placer, self.text("order.placer_issuer", msg, ctx, k)) if placer else \
+                ("filler", filler, "") if filler else None
+            parent_occ = self.occurrence(msg, PARENT_ORDER.segment, k, {})
+            parent = msg.value("ORC", PARENT_ORDER.field, 1, PARENT_ORDER.comp, 1, parent_occ).strip() \
+                if parent_occ is not None else ""
+            if parent and parent != HL7_NULL:
+                match = [i for (kind, number, _), i in keys.items() if kind == "placer" and number == parent]
+                if match:
+                    orders[match[0]][0].append(k)
+                    children.add(k)
+                    continue
+            if key is None and orders:  # no order number of its own: part of the order before it
+                orders[-1][0].append(k)
+            elif key is not None and key in keys:
+                orders[keys[key]][0].append(k)
+            else:
+                if key is not None:
+                    keys[key] = len(orders)
+                orders.append(([k], []))
+        for groups, procedures in orders:
+            kids = [k for k in groups if k in children]
+            with_obr = [k for k in groups if layout.occurrences("OBR", k)]
+            procedures.extend(kids or with_obr or groups[:1])
+        return orders or [([1], [1])]
+
     def order_commands(self, msg, ctx: Context) -> MappingResult:
+        """One command per order of the message (:meth:`orders`), each by the ORC-1 order control of its first
+        group (HL7 v2.5.1 4.5.1.1, table 0119)."""
         if not _count(msg, "ORC") and not _count(msg, "OBR"):
             raise InvalidInput("order message without ORC and OBR segments", location="ORC", missing=True)
-        control = self.text("order.control", msg, ctx)
+        commands, actions, origins = [], [], []
+        shared = ctx.origins
+        try:
+            for groups, procedures in self.orders(msg, ctx):
+                ctx.origins = {}  # what this order's values were read from (for an error about its command)
+                command, action = self.order_command(msg, ctx, groups, procedures)
+                for key, value in ctx.origins.items():
+                    shared.setdefault(key, value)
+                actions.append(action)
+                if command is not None:
+                    commands.append(command)
+                    origins.append(ctx.origins)
+        finally:
+            for key, value in ctx.origins.items():
+                shared.setdefault(key, value)
+            ctx.origins = shared
+        return MappingResult(commands, actions[0], origins=origins)
+
+    def order_command(self, msg, ctx: Context, groups: list[int], procedures: list[int]):
+        """(command or None, action) for one order made of ``groups``."""
+        first = groups[0]
+        control = self.text("order.control", msg, ctx, first)
         action = self.profile.order_controls.get(control)
         if action is None:
             known = ", ".join(sorted(self.profile.order_controls))
             raise Unsupported(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
-                              f"{known})", location="order.control")
-        ref = self.order_ref(msg, ctx)
+                              f"{known})", location=ctx.origins.get("order.control")
+                              or where("ORC", self.occurrence(msg, "ORC", first, {}) or 1, 1))
+        ref = self.order_ref(msg, ctx, first)
         if action == "status":
-            status = self.text("order.status", msg, ctx)
+            status = self.text("order.status", msg, ctx, first)
             action = self.profile.status_changes.get(status)
             if action is None:
-                ctx.warnings.append(f"status change to {status or '(empty)'} recorded; it changes nothing here")
-                return MappingResult([], "status")
+                ctx.warnings.append(LocatedWarning(f"status change to {status or '(empty)'} recorded; it changes "
+                                                   f"nothing here", ctx.origins.get("order.status")))
+                return None, "status"
         if action in ("hold", "release"):
-            return MappingResult([HoldOrder(ref=ref, release=action == "release")], action)
+            return HoldOrder(ref=ref, release=action == "release"), action
         if action in ("cancel", "discontinue"):
-            cmd = CancelOrder(ref=ref, discontinue=action == "discontinue",
-                              reason=self.text("order.reason", msg, ctx))
-            return MappingResult([cmd], action)
+            return CancelOrder(ref=ref, discontinue=action == "discontinue",
+                               reason=self.text("order.reason", msg, ctx, first)), action
+        for k in groups[1:]:  # one order has one accession number
+            spec = self.profile.spec("order.accession_number")
+            other, origin = self._first(spec, msg, ctx, k, {}) if spec is not None else (None, None)
+            if other and other != HL7_NULL and ref.accession_number and other != ref.accession_number:
+                raise InvalidInput(f"order group {k} names {ref.describe()} with accession number {other}, "
+                                   f"group {first} with {ref.accession_number}: one order has one accession "
+                                   f"number (send another placer order number for another order)",
+                                   location=origin)
         order = OrderData(
             ref=ref,
             accession_number=ref.accession_number,
-            priority=self.text("order.priority", msg, ctx),
-            referring_physician=self.text("order.referring_physician", msg, ctx),
-            requesting_physician=self.text("order.requesting_physician", msg, ctx),
-            reason=self.text("order.reason", msg, ctx),
-            procedures=tuple(self.procedure(msg, ctx, k) for k in range(1, max(1, _count(msg, "OBR")) + 1)),
+            priority=self.text("order.priority", msg, ctx, first),
+            referring_physician=self.text("order.referring_physician", msg, ctx, first),
+            requesting_physician=self.text("order.requesting_physician", msg, ctx, first),
+            reason=self.text("order.reason", msg, ctx, first),
+            procedures=tuple(self.procedure(msg, ctx, k) for k in procedures),
         )
         patient = self.patient(msg, ctx)
-        cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
-        return MappingResult([cmd], action)
+        return (PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)), action
 
     def step(self, msg, ctx: Context, k: int, at: dict[str, int], code: str = "") -> StepData:
         aets = self.read("step.station_aets", msg, ctx, k, at)
@@ -383,10 +557,10 @@ class Mapper:
         )
 
     def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
-        """The k-th OBR's requested procedure; one step per IPC segment of its group (OMI^O23,
+        """The k-th group's requested procedure; one step per IPC segment of its group (OMI^O23,
         HL7 v2.5.1 4.4.10), else one step."""
         code = self.text("procedure.code_value", msg, ctx, k)
-        ipcs = _group_occurrences(msg, "IPC", k)
+        ipcs = self.layout(msg).occurrences("IPC", k)
         steps = (tuple(self.step(msg, ctx, k, {"IPC": j}, code) for j in ipcs)
                  or (self.step(msg, ctx, k, {}, code),))
         return ProcedureData(

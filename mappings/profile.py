@@ -36,7 +36,7 @@ VISIT_ACTIONS = {"admit", "register", "preadmit", "transfer", "discharge", "upda
                  "cancel_transfer", "cancel_discharge", "arrive"}
 APPOINTMENT_ACTIONS = {"book_appointment": "book", "modify_appointment": "modify", "cancel_appointment": "cancel",
                        "noshow_appointment": "noshow"}
-ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", "report", *VISIT_ACTIONS,
+ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", "report", "acknowledge", *VISIT_ACTIONS,
            *APPOINTMENT_ACTIONS}
 ORDER_ACTIONS = {"place", "update", "cancel", "discontinue", "hold", "release", "status"}
 STATUS_ACTIONS = {"cancel", "discontinue", "hold"}

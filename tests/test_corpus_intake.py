@@ -1,9 +1,10 @@
-"""Every HL7 message of ../shared/corpus (hl7/ and bugs/) through the intake, with the behaviour
-../shared/corpus/SOURCES.md and bugs/README.md state for it."""
+"""Every HL7 message of ../shared/corpus (hl7/ and bugs/; the framing cases of bugs/ over MLLP) through the
+intake, with the behaviour ../shared/corpus/SOURCES.md and bugs/README.md state for it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from sqlalchemy import select
@@ -25,9 +26,13 @@ EXPECTED_ACK = {
     "msh_only_v231_openmrs_msh9_missing_message_code.hl7": "AR",
     "orm_o01_v231_nhapi_lab_order_not_imaging.hl7": "AE",      # not an imaging order: no modality
     "orm_o01_v24_mirth_whitespace_padded_crlf.hl7": "AE",      # ORM without ORC/OBR
-    "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AR",           # ORC-1 AF unsupported (issue: AR)
-    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AR",   # ORC-1 XR unsupported
-    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AR",  # ORC-1 CR unsupported
+    "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AR",           # MSH-11 '1' (and ORC-1 AF unsupported)
+    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AR",   # MSH-11 D (and ORC-1 XR unsupported)
+    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AR",  # MSH-11 D (and ORC-1 CR unsupported)
+    # MSH-11 D (debugging, HL7 table 0103) is not applied by default (RIS_HL7_PROCESSING_IDS=P): SOURCES.md's
+    # "create the order" / "use the local PI" hold once a site accepts D (test_*_when_d_is_accepted below)
+    "orm_o01_v22_hapi_nw_no_filler_lf.hl7": "AR",
+    "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7": "AR",
     "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # OD honoured, but the order is unknown
     "adt_a47_v251_dcm4che_change_patient_id.hl7": "AE",        # the prior identifier is unknown here
     # JJ1017 codes only, no modality field: needs a code table in the site's profile
@@ -39,8 +44,10 @@ EXPECTED_ACK = {
     "orm_o01_v24_mirth_xo_crlf_nonhl7_dates.hl7": "AE",        # XO of an unknown order (no modality either)
     "orm_o01_v24_screenit_xo_sc_mammo_lf.hl7": "AE",           # XO of an unknown order
 }
-# Message types this issue does not handle yet are refused with AR (never a silent AA).
-NOT_YET = ("ADT^A24",)  # A24 (link patients) is not handled
+# Refused for MSH-11 (ERR code 202, HL7 table 0357): processing id not accepted.
+PROCESSING_ID_REFUSED = {"orm_o01_v231_hapi_utf8_slovenian_af.hl7", "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7",
+                         "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7", "orm_o01_v22_hapi_nw_no_filler_lf.hl7",
+                         "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7"}
 # Batches: each message is applied and answered; the answer is a batch of ACKs (HL7 v2.5.1 2.10.3).
 BATCHES = {"batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7": ["AE"],      # XO of an unknown order
            "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7": ["AA"],
@@ -83,14 +90,42 @@ def test_every_corpus_message_is_stored_and_answered(intake, session_factory, na
         assert ack == stored.ack
     if name in EXPECTED_ACK:
         assert code == EXPECTED_ACK[name], stored.error
+        if name in PROCESSING_ID_REFUSED:
+            assert stored.error.startswith("MSH-11 gives processing id")
+            assert re.search(rb"MSH\^1\^11[|^~].*202", stored.ack)      # ERR: MSH-11, code 202
     elif name == "oru_r01_v22_hapi_msa_in_oru_inline_obx.hl7":
         assert code == "AR"  # comment lines before MSH: not an HL7 message as it stands
-    elif stored.message_type in NOT_YET:
-        assert code == "AR" and "not handled" in stored.error
     else:
         assert code == "AA", stored.error
     if stored.control_id:
         assert msa(ack)[2] == stored.control_id
+
+
+@pytest.fixture
+def accepts_d(settings, session_factory):
+    """An intake that applies MSH-11 D (debugging) like P: for the corpus messages that carry it."""
+    import dataclasses
+
+    from interfaces.hl7.intake import HL7Intake
+    from mappings.profile import ProfileSet
+
+    return HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D")), session_factory,
+                     ProfileSet(settings.mappings_path).get("default"))
+
+
+@pytest.mark.corpus
+def test_a24_is_acknowledged_without_action_and_its_training_id_keeps_it_out(intake, session_factory):
+    """SOURCES.md: "A24 links 11111 and 22222: either record the link or ACK AA/CA without action". MSH-11 is T
+    (training): checked and acknowledged, never applied; MSH-15 AL: the accept ACK CA answers."""
+    ack = intake.handle(corpus_path("hl7", "adt_a24_v24_hapi_custom_delimiters_crlf.hl7").read_bytes())
+    assert msa(ack)[1] == "CA"
+    with unit_of_work(session_factory) as session:
+        stored = session.scalars(select(InboundMessage)).one()
+        assert (stored.status.value, stored.ack_code, stored.message_type) == ("PROCESSED", "AA", "ADT^A24")
+        assert "acknowledged without action" in stored.warnings and "training" in stored.warnings
+        assert session.scalars(select(Patient)).all() == []
+    fields = parse(decode_message(ack).text)  # the sender's own delimiters ('^' fields)
+    assert fields.value("MSA", 2) == "2003582144"
 
 
 def item_for(read_factory, **keys):
@@ -116,8 +151,10 @@ IMAGING_ORDERS = {
 
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", sorted(IMAGING_ORDERS))
-def test_imaging_orders_become_worklist_items(intake, read_factory, name):
+def test_imaging_orders_become_worklist_items(intake, accepts_d, read_factory, name):
     pid, accession, rp, sps, modality, study, start, aets = IMAGING_ORDERS[name]
+    if name == "orm_o01_v22_hapi_nw_no_filler_lf.hl7":  # MSH-11 D
+        intake = accepts_d
     ack = intake.handle(corpus_path("hl7", name).read_bytes())
     assert msa(ack)[1] in ("AA", "CA")  # CA: the sender asked for an accept ACK (MSH-15 AL)
     with unit_of_work(read_factory) as session:
@@ -163,7 +200,8 @@ def test_iso2022jp_patient_name(intake, session_factory):
 
 
 @pytest.mark.corpus
-def test_latin1_name_and_legal_id(intake, session_factory):
+def test_latin1_name_and_legal_id(accepts_d, session_factory):
+    intake = accepts_d  # MSH-11 D
     intake.handle(corpus_path("hl7", "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7").read_bytes())
     with unit_of_work(session_factory) as session:
         patient = session.scalars(select(Patient)).one()
@@ -304,3 +342,153 @@ def test_oru_report_is_kept_for_its_order(intake, session_factory):
         assert report.text.startswith("The right kidney is slightly enlarged")
         assert report.order is None  # no such order here: kept unlinked
     assert not item_for(session_factory)  # a report never makes a worklist item
+
+
+# bugs/ through the real intake (and over MLLP where the case is about framing) -------------------------------
+BUG_FILES = sorted(p.name for p in (CORPUS / "bugs").glob("*.hl7")) if CORPUS.is_dir() else ["(corpus absent)"]
+# each HL7 file of bugs/ on its own, on an empty engine: what is answered on the connection
+BUG_ANSWERS = {"bug10_adt_a08_hd_with_component_in_msh4.hl7": "CA",        # MSH-15 AL, MSH-16 NE (see below)
+               "bug28_step3_a47_change_a_to_existing_b.hl7": "AE"}        # alone: no patient A to change
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", BUG_FILES)
+def test_every_bugs_message_is_stored_and_answered(intake, session_factory, name):
+    """Every HL7 case of bugs/ through the intake; the cases' own steps and values are the tests below and
+    above (BUG-01, 03, 08, 16, 18, 28 earlier in this file)."""
+    raw = corpus_path("bugs", name).read_bytes()
+    ack = intake.handle(raw)
+    assert msa(ack)[1] == BUG_ANSWERS.get(name, "AA")
+    [row] = stored_rows(session_factory)
+    assert row.raw == raw and row.control_id and msa(ack)[2] == row.control_id
+
+
+def stored_rows(session_factory) -> list[InboundMessage]:
+    with unit_of_work(session_factory) as session:
+        return session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+
+
+@pytest.mark.corpus
+def test_bug10_ack_header_through_the_intake(intake, session_factory):
+    """bugs/README.md asks for MSA|AA|000000944. The message says MSH-15 AL, MSH-16 NE: enhanced mode (HL7 v2.5.1
+    2.9.3, table 0155) - an accept ACK always, an application ACK never. So the answer on the connection is the
+    accept ACK CA (the standard wins over the README); the application outcome AA is recorded in the store. Every
+    header rule of the case holds for the ACK that is sent."""
+    ack = intake.handle(corpus_path("bugs", "bug10_adt_a08_hd_with_component_in_msh4.hl7").read_bytes())
+    msh, msa = (segment.split("|") for segment in ack.decode("latin-1").rstrip("\r").split("\r"))
+    assert msh[2:4] == ["RIS", "RADIOLOGY"]               # MSH-3/4: ours (RIS_HL7_APPLICATION/FACILITY)
+    assert msh[4:6] == ["HISCOM-ADT", "COMZIS^MS1"]       # copied as structure, no \S\
+    assert msh[6] != "200702201440" and msh[8] == "ACK"   # our time; v2.2: plain ACK
+    assert msh[10:12] == ["P", "2.2"]
+    assert msa == ["MSA", "CA", "000000944"]
+    [row] = stored_rows(session_factory)
+    assert (row.status.value, row.ack_code) == ("PROCESSED", "AA") and msh[9] not in ("", "000000944")
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(Patient.patient_id)).all() == ["P-1010"]
+
+
+@pytest.mark.corpus
+def test_bug12_ack_msh9_through_the_intake(intake, read_factory):
+    ack = intake.handle(corpus_path("bugs", "bug12_omi_o23_with_structure_id.hl7").read_bytes())
+    msh, msa = (segment.split("|") for segment in ack.decode("latin-1").rstrip("\r").split("\r")[:2])
+    assert (msh[8], msh[11]) == ("ACK^O23^ACK", "2.5.1")
+    assert msa == ["MSA", "AA", "B12-1"]
+    [item] = item_for(read_factory)
+    assert (item.accession_number, item.requested_procedure_id, item.sps_id, item.modality) == \
+        ("ACC-5012", "RP-5012", "SPS-5012", "US")
+    assert item.study_instance_uid == "1.2.826.0.1.3680043.10.999.12"
+
+
+@pytest.mark.corpus
+def test_bug13_escapes_through_the_intake(intake, session_factory, read_factory):
+    assert msa(intake.handle(corpus_path("bugs", "bug13_escape_e_then_r.hl7").read_bytes()))[1] == "AA"
+    assert [i.accession_number for i in item_for(read_factory)] == ["ACC-5013"]
+    [row] = stored_rows(session_factory)
+    assert row.warnings == ""
+    stored = parse(decode_message(row.raw).text)  # what the analyst's views show of the kept message
+    assert stored.value("NTE", 3) == "Path: \\R\\ and share \\\\srv\\scans"
+
+
+@pytest.mark.corpus
+def test_bug15_final_crlf_through_the_intake(intake, session_factory):
+    assert msa(intake.handle(corpus_path("bugs", "bug15_adt_a04_cr_segments_crlf_at_end.hl7").read_bytes())) == \
+        ["MSA", "AA", "B15-1"]
+    [row] = stored_rows(session_factory)
+    assert row.warnings == "" and row.error == ""
+    with unit_of_work(session_factory) as session:
+        assert [(p.patient_id, p.name) for p in session.scalars(select(Patient))] == [("P-1015", "TESTCRLF^XI")]
+
+
+@pytest.mark.corpus
+def test_bug19_timestamps_through_the_intake(intake, session_factory):
+    ack = intake.handle(corpus_path("bugs", "bug19_adt_a08_dtm_offset_and_precision.hl7").read_bytes())
+    assert msa(ack)[1:3] == ["AA", "B19-1"] and "ERR" not in ack.decode("latin-1")  # no unreadable-time warning
+    [row] = stored_rows(session_factory)
+    assert row.warnings == ""
+    with unit_of_work(session_factory) as session:
+        assert [(p.patient_id, p.birth_date) for p in session.scalars(select(Patient))] == \
+            [("P-1019", dt.date(1966, 12, 1))]
+
+
+@pytest.fixture
+def mllp_intake(intake):
+    from interfaces.mllp import MLLPServer
+
+    server = MLLPServer(intake.handle_frame, "127.0.0.1", 0, ordering_key=intake.ordering_key)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.corpus
+def test_bug06_split_frame_over_mllp_is_one_message(mllp_intake, session_factory):
+    import json
+    import socket
+
+    from interfaces.mllp.framing import FrameReader
+
+    chunks = [bytes.fromhex(c) for c in
+              json.loads(corpus_path("bugs", "bug06_mllp_split_chunks.json").read_text())["chunks_hex"]]
+    with socket.create_connection(("127.0.0.1", mllp_intake.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in chunks:
+            sock.sendall(chunk)
+        reader, events = FrameReader(), []
+        for _ in range(100):  # bounded: one reply frame is expected
+            data = sock.recv(4096)
+            if not data:
+                break
+            events.extend(reader.feed(data))
+            if events:
+                break
+    [reply] = events
+    assert b"MSA|AA|B06-1" in reply.payload
+    [row] = stored_rows(session_factory)
+    assert row.raw == b"".join(chunks)[1:-2] and row.ack_code == "AA"
+
+
+@pytest.mark.corpus
+def test_bug08_70kb_order_over_mllp_in_1kb_writes(mllp_intake, session_factory, read_factory):
+    import socket
+
+    from interfaces.mllp import frame
+    from interfaces.mllp.framing import FrameReader
+
+    raw = corpus_path("bugs", "bug08_orm_with_70kb_of_notes.hl7").read_bytes()
+    data = frame(raw)
+    with socket.create_connection(("127.0.0.1", mllp_intake.port), timeout=10) as sock:
+        for start in range(0, len(data), 1024):
+            sock.sendall(data[start:start + 1024])
+        reader, events = FrameReader(), []
+        for _ in range(100):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            events.extend(reader.feed(chunk))
+            if events:
+                break
+    [reply] = events
+    assert b"MSA|AA|" in reply.payload
+    [row] = stored_rows(session_factory)
+    assert row.raw == raw and row.size > 70_000
+    assert [i.accession_number for i in item_for(read_factory)] == ["ACC-5008"]

@@ -130,6 +130,39 @@ def test_reused_control_id_with_other_content_is_processed(intake, session_facto
         assert sorted(session.scalars(select(Patient.patient_id))) == ["P-A", "P-B"]
 
 
+RESENDS = {  # how a sender may resend a message after a lost ACK: the same message (app.services.messages)
+    "CRLF terminators": lambda raw: raw.replace(b"\r", b"\r\n"),
+    "LF terminators": lambda raw: raw.replace(b"\r", b"\n"),
+    "an extra trailing CR": lambda raw: raw + b"\r",
+    "MSH-7 stamped anew": lambda raw: raw.replace(b"|20261203120000+0100|", b"|20261203120005+0100|", 1),
+    "trailing empty fields": lambda raw: raw.replace(b"\rPID|||PAT-1^^^HOSP||TESTER^ANNA^M||19800101|F\r",
+                                                     b"\rPID|||PAT-1^^^HOSP||TESTER^ANNA^M||19800101|F|||\r"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(RESENDS))
+def test_a_resend_is_a_duplicate_whatever_its_terminators_or_msh7(intake, session_factory, how):
+    raw = orm("NW", "D1")
+    first = intake.handle(raw)
+    resent = RESENDS[how](raw)
+    assert resent != raw
+    assert intake.handle(resent) == first     # the original ACK, not AE "already exists"
+    with unit_of_work(session_factory) as session:
+        rows = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        assert [m.status for m in rows] == [MessageStatus.PROCESSED, MessageStatus.DUPLICATE]
+        assert rows[1].raw == resent and rows[1].duplicate_of_fk == rows[0].id
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_other_content_under_the_same_control_id_is_another_message(intake, session_factory):
+    """BUG-28: a reused control id with different content is a different message, even one field."""
+    intake.handle(orm("NW", "D2"))
+    ack = intake.handle(orm("NW", "D2", placer="PL-101", accession="ACC-101"))
+    assert segments(ack)["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 2
+
+
 def test_second_nw_for_a_known_order_is_refused(intake, read_factory):
     intake.handle(orm("NW", "C4"))
     ack = intake.handle(orm("NW", "C5", accession="ACC-OTHER"))
@@ -498,3 +531,344 @@ def test_warnings_stay_out_of_a_v23_ack(intake):
               "OBR|1|PL-W2^HIS||CTH^CT head^L||||||||||||||ACC-W2|RP-W|SPS-W||||CT")
     ack = intake.handle(raw)
     assert segments(ack)["MSA"][1] == "AA" and "ERR" not in segments(ack)
+
+
+# ORDER groups (HL7 v2.5.1 ch. 4 abstract syntax: ORC, TQ1, OBR, IPC... repeat per group) -------------------
+def two_groups(ctrl_id: str, *, version="2.5.1", second_placer="PL-G", second_accession="", second_modality="MR",
+               first_extra=(), second_extra=(), control="NW") -> bytes:
+    return hl7(f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000+0100||OMI^O23^OMI_O23|{ctrl_id}|P|{version}",
+               "PID|||PAT-G^^^HOSP||GROUP^GRETA||19800101|F",
+               f"ORC|{control}|PL-G^HIS", "TQ1|||||||20261204083000",
+               seg("OBR", {1: "1", 2: "PL-G^HIS", 4: "CTH^CT head^L", 18: "ACC-G"}), *first_extra,
+               f"ORC|{control}|{second_placer}^HIS", "TQ1|||||||20261204093000",
+               seg("OBR", {1: "2", 2: f"{second_placer}^HIS", 4: "MRH^MR head^L", 18: second_accession,
+                           24: second_modality}), *second_extra)
+
+
+FIRST_IPC = seg("IPC", {1: "ACC-G", 2: "RP-G1", 3: "1.2.3.4.5", 4: "SPS-G1", 5: "CT", 9: "CT_ROOM1"})
+
+
+def test_a_later_group_never_borrows_the_first_groups_ipc(intake, read_factory):
+    """Only the first group has an IPC: the second group's procedure has its own (derived) ids, study UID,
+    no station and its own TQ1 time (e3 of the audit: both items had RP-1, SPS-1, the same UID and station)."""
+    assert segments(intake.handle(two_groups("G1", first_extra=[FIRST_IPC])))["MSA"][1] == "AA"
+    items = sorted(worklist(read_factory, accession_number="ACC-G"), key=lambda i: i.scheduled_start)
+    assert [(i.requested_procedure_id, i.sps_id, i.modality, i.station_aets, i.scheduled_start) for i in items] == [
+        ("RP-G1", "SPS-G1", "CT", ("CT_ROOM1",), dt.datetime(2026, 12, 4, 8, 30)),
+        ("ACC-G.2", "ACC-G.2", "MR", (), dt.datetime(2026, 12, 4, 9, 30))]
+    assert items[0].study_instance_uid == "1.2.3.4.5"
+    assert items[1].study_instance_uid not in ("1.2.3.4.5", "") and items[1].study_instance_uid.startswith("1.2.")
+
+
+def test_a_single_zds_gives_its_study_uid_to_its_own_group_only(intake, read_factory):
+    zds = "ZDS|1.2.826.0.1.3680043.10.1356.7.7^RIS^Application^DICOM"
+    assert segments(intake.handle(two_groups("G2", first_extra=[zds])))["MSA"][1] == "AA"
+    uids = [i.study_instance_uid for i in sorted(worklist(read_factory), key=lambda i: i.scheduled_start)]
+    assert uids[0] == "1.2.826.0.1.3680043.10.1356.7.7"
+    assert len(set(uids)) == 2
+    # a ZDS in the second group is the second procedure's only
+    intake.handle(two_groups("G3", second_extra=[zds.replace(".7.7", ".8.8")]).replace(b"PL-G", b"PL-J")
+                  .replace(b"ACC-G", b"ACC-J"))
+    uids = [i.study_instance_uid for i in sorted(worklist(read_factory, accession_number="ACC-J"),
+                                                 key=lambda i: i.scheduled_start)]
+    assert uids[1] == "1.2.826.0.1.3680043.10.1356.8.8" and uids[0] not in uids[1:]
+
+
+def test_a_second_placer_order_number_is_a_second_order(intake, session_factory, read_factory):
+    """ORC-2 PL-2 / OBR-18 ACC-2 of the second group are kept: two orders (e1b of the audit put everything
+    under PL-1/ACC-1), and a later CA for the second finds it."""
+    ack = intake.handle(two_groups("G4", second_placer="PL-2", second_accession="ACC-2"))
+    assert segments(ack)["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        orders = {o.placer_order_number: (o.accession_number, [p.code_value for p in o.procedures])
+                  for o in session.scalars(select(Order))}
+    assert orders == {"PL-G": ("ACC-G", ["CTH"]), "PL-2": ("ACC-2", ["MRH"])}
+    cancel = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203130000||ORM^O01|G5|P|2.3.1",
+                 "PID|||PAT-G^^^HOSP||GROUP^GRETA", "ORC|CA|PL-2^HIS", "OBR|1|PL-2^HIS||MRH^MR head^L")
+    assert segments(intake.handle(cancel))["MSA"][1] == "AA"
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-G"]
+
+
+def test_each_order_group_has_its_own_order_control(intake, read_factory):
+    intake.handle(two_groups("G6", second_placer="PL-2", second_accession="ACC-2"))
+    both = two_groups("G7", second_placer="PL-2", second_accession="ACC-2", control="CA")
+    assert segments(intake.handle(both))["MSA"][1] == "AA"
+    assert worklist(read_factory) == []
+
+
+def test_one_order_with_two_accession_numbers_is_refused_naming_the_field(intake, read_factory):
+    ack = intake.handle(two_groups("G8", second_placer="PL-G", second_accession="ACC-OTHER"))
+    location, code, text = err(ack)
+    assert segments(ack)["MSA"][1] == "AE"
+    assert (location, code) == ("OBR^2^18", "102") and "ACC-OTHER" in text and "ACC-G" in text
+    assert worklist(read_factory) == []
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.3.1"])
+def test_error_location_names_the_segment_occurrence(intake, version):
+    """A missing modality in the second OBR is OBR^2^24, not OBR^1^24 (ERR-2 ERL / ERR-1 ELD: segment
+    sequence, HL7 v2.5.1 2.15.5; e13 of the audit)."""
+    ack = intake.handle(two_groups("G9", version=version, first_extra=[FIRST_IPC], second_modality="")
+                        .replace(b"MRH^MR head", b"XYZ^Something"))
+    assert segments(ack)["MSA"][1] == "AE"
+    location, code, text = err(ack)
+    assert (location, code) == ("OBR^2^24", "101") and "order group 2" in text
+
+
+def test_error_location_names_the_field_repetition(settings, session_factory, tmp_path):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    text = (settings.mappings_path / "default.yaml").read_text().replace("name: default", "name: auth")
+    (folder / "auth.yaml").write_text(text + "\nidentifiers:\n  patient:\n    field: PID-3\n    authorities: [HOSP]\n")
+    intake = HL7Intake(settings, session_factory, ProfileSet(folder).get("auth"))
+    too_long = "X" * 80
+    ack = intake.handle(adt("A04", "R-1", pid=f"OTHER^^^ELSE~{too_long}").replace(b"|2.3.1", b"|2.5"))
+    location, code, text = err(ack)
+    assert segments(ack)["MSA"][1] == "AE" and location == "PID^1^3^2", (location, text)
+
+
+def test_warning_err_carries_its_location(intake):
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|W-3|P|2.5",
+              "PID|||PAT-W^^^HOSP||WARN^WILMA||19800101|F", "ORC|NW|PL-W3^HIS|||||^^^20261204090000",
+              "OBR|1|PL-W3^HIS||CTH^CT head^L||||||||||||||ACC-W3|RP-W|SPS-W||||CT",
+              "ORC|NW|PL-W3^HIS|||||^^^2026ABCD",
+              "OBR|2|PL-W3^HIS||CTC^CT chest^L||||||||||||||ACC-W3|RP-W2|SPS-W2||||CT")
+    fields = segments(intake.handle(raw))["ERR"]
+    assert fields[2] == "ORC^2^7" and fields[4] == "W" and "2026ABCD" in fields[8]
+
+
+def test_reprocess_refuses_what_was_applied_and_keeps_its_record(intake, session_factory):
+    """e6 of the audit: reprocessing a PROCESSED NW applied it again, turned it into ERROR/AE and wiped its
+    change record. Now: Conflict, nothing changes; a resend is still a duplicate of it."""
+    from app.errors import Conflict
+
+    first = intake.handle(orm("NW", "R1"))
+    with pytest.raises(Conflict, match="PROCESSED"):
+        intake.reprocess(1)
+    with unit_of_work(session_factory) as session:
+        row = session.get(InboundMessage, 1)
+        assert (row.status, row.ack_code, row.attempts, row.ack) == (MessageStatus.PROCESSED, "AA", 1, first)
+        assert row.changes
+    assert intake.handle(orm("NW", "R1")) == first
+    with pytest.raises(Conflict, match="DUPLICATE"):
+        intake.reprocess(2)
+    assert intake.reprocess(1, dry_run=True).status is MessageStatus.PROCESSED  # a dry run shows what it is
+
+
+def test_reprocess_of_a_batch_applies_only_its_failed_messages(intake, session_factory, read_factory):
+    batch = (b"BHS|^~\\&|HIS|HOSP|RIS|RAD|20261203||||B-R\r" + orm("NW", "BR1") +
+             orm("CA", "BR2", placer="PL-200", accession="ACC-200") + b"BTS|2\r")
+    intake.handle(batch)
+    intake.handle(orm("NW", "BR3", placer="PL-200", accession="ACC-200"))
+    result = intake.reprocess(1)
+    assert result.status is MessageStatus.PROCESSED
+    with unit_of_work(session_factory) as session:
+        rows = {m.control_id: m for m in session.scalars(select(InboundMessage))}
+        assert (rows["BR1"].status, rows["BR1"].attempts) == (MessageStatus.PROCESSED, 1)
+        assert rows["BR2"].status is MessageStatus.PROCESSED
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]
+
+
+# MSH-11 / MSH-12 (HL7 v2.5.1 2.9.2, tables 0103 and 0104) -------------------------------------------------
+@pytest.mark.parametrize("label, old, new, code, location", [
+    ("MSH-12 empty", b"|P|2.3.1", b"|P|", "203", "MSH^1^12"),
+    ("MSH-12 9.9", b"|P|2.3.1", b"|P|9.9", "203", "MSH^1^12"),
+    ("MSH-12 2.1", b"|P|2.3.1", b"|P|2.1", "203", "MSH^1^12"),
+    ("MSH-11 D", b"|P|2.3.1", b"|D|2.3.1", "202", "MSH^1^11"),
+    ("MSH-11 empty", b"|P|2.3.1", b"||2.3.1", "202", "MSH^1^11"),
+    ("MSH-11 X", b"|P|2.3.1", b"|X|2.3.1", "202", "MSH^1^11"),
+])
+def test_unsupported_processing_id_or_version_is_refused(intake, read_factory, session_factory, label, old, new,
+                                                          code, location):
+    ack = intake.handle(orm("NW", "V1").replace(old, new))
+    header = segments(ack)["MSH"]
+    assert segments(ack)["MSA"][1:3] == ["AR", "V1"], label
+    assert err(ack)[:2] == (location, code)
+    assert header[10] and header[11]          # the ACK's own MSH-11 and MSH-12 are never empty
+    assert worklist(read_factory) == []
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(InboundMessage)).one().status is MessageStatus.REJECTED
+
+
+@pytest.mark.parametrize("version", ["2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"])
+def test_versions_22_to_28_are_applied(intake, read_factory, version):
+    ack = intake.handle(orm("NW", "V2").replace(b"|P|2.3.1", f"|P|{version}".encode()))
+    assert segments(ack)["MSA"][1] == "AA"
+    assert len(worklist(read_factory)) == 1
+
+
+def test_a_training_message_is_answered_but_never_applied(intake, read_factory, session_factory):
+    """MSH-11 T (training): checked and acknowledged like any other, kept out of production data."""
+    ack = intake.handle(orm("NW", "T1").replace(b"|P|2.3.1", b"|T|2.5"))
+    assert segments(ack)["MSA"][1] == "AA" and segments(ack)["MSH"][10] == "T"
+    assert segments(ack)["ERR"][2] == "MSH^1^11" and "training" in segments(ack)["ERR"][8]
+    bad = intake.handle(orm("NW", "T2", modality="", code="XYZ^Thing^L").replace(b"|P|2.3.1", b"|T|2.5"))
+    assert segments(bad)["MSA"][1] == "AE"    # the check is real
+    assert worklist(read_factory) == []
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(Order)).all() == [] and session.scalars(select(Patient)).all() == []
+        assert session.scalars(select(InboundMessage).order_by(InboundMessage.id)).first().changes == []
+
+
+def test_accepted_processing_ids_are_a_setting(settings, session_factory, read_factory):
+    import dataclasses
+
+    from config.settings import load_settings
+
+    assert load_settings(env={"RIS_HL7_PROCESSING_IDS": "P,D"}).hl7_processing_ids == ("P", "D")
+    lenient = HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D"), hl7_training_processing_ids=()),
+                        session_factory, ProfileSet(settings.mappings_path).get("default"))
+    assert segments(lenient.handle(orm("NW", "S1").replace(b"|P|2.3.1", b"|D|2.3.1")))["MSA"][1] == "AA"
+    assert segments(lenient.handle(orm("NW", "S2", placer="PL-T", accession="ACC-T")
+                                   .replace(b"|P|2.3.1", b"|T|2.3.1")))["MSA"][1] == "AR"
+    assert [i.accession_number for i in worklist(read_factory)] == ["ACC-100"]
+
+
+def _aged_messages(intake, session_factory) -> None:
+    from app.models import utcnow
+
+    intake.handle(orm("NW", "P1"))
+    intake.handle(orm("CA", "P2", placer="NOPE"))   # ERROR
+    with unit_of_work(session_factory) as session:
+        for m in session.scalars(select(InboundMessage)):
+            m.received_at = utcnow() - dt.timedelta(days=100)
+
+
+def test_retention_prunes_errors_when_the_setting_asks(intake, session_factory):
+    from config.settings import load_settings
+    from interfaces.scheduler.jobs import make_scheduler
+
+    _aged_messages(intake, session_factory)
+    settings = load_settings(env={"RIS_MESSAGE_RETENTION_INCLUDE_ERRORS": "yes"})
+    assert settings.message_retention_include_errors is True
+    scheduler = make_scheduler(settings, session_factory, intake)
+    job = scheduler.get_job("prune_messages")
+    assert job.args[1:] == (90.0, True)
+    assert job.func(*job.args) == 2
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(InboundMessage)).all() == []
+
+
+@pytest.mark.parametrize("argv, env, left", [
+    (["messages", "prune"], {}, [MessageStatus.ERROR]),
+    (["messages", "prune", "--include-errors"], {}, []),
+    (["messages", "prune"], {"RIS_MESSAGE_RETENTION_INCLUDE_ERRORS": "1"}, []),
+    (["messages", "prune", "--days", "200"], {}, [MessageStatus.PROCESSED, MessageStatus.ERROR]),
+])
+def test_ris_messages_prune(intake, session_factory, settings, monkeypatch, capsys, argv, env, left):
+    from interfaces.cli import main
+
+    _aged_messages(intake, session_factory)
+    monkeypatch.setenv("RIS_DATABASE_URL", settings.database)
+    monkeypatch.setenv("RIS_DATA_DIR", str(settings.data_dir))
+    monkeypatch.delenv("RIS_MESSAGE_RETENTION_INCLUDE_ERRORS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{2 - len(left)} messages older than" in out
+    with unit_of_work(session_factory) as session:
+        assert [m.status for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == left
+
+
+def test_ordering_keys_name_every_patient_of_the_message(intake):
+    from interfaces.mllp.framing import FrameEvent
+
+    def keys(raw: bytes):
+        return intake.ordering_key(FrameEvent(payload=raw, size=len(raw)))  # as the MLLP server calls it
+
+    assert keys(orm("NW", "K1")) == ("patient:PAT-1",)
+    assert keys(a40("K2", "NEW-1", "OLD-1")) == ("patient:NEW-1", "patient:OLD-1")
+    two_pairs = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ADT^A40^ADT_A39|K3|P|2.5", "EVN|A40",
+                    "PID|||S1~X9^^^H", "MRG|M1^^^H", "PID|||S2^^^H", "MRG|M2^^^H")
+    assert keys(two_pairs) == ("patient:S1", "patient:S2", "patient:M1", "patient:M2")
+    assert keys(adt("A08", "K4").replace(b"\r", b"\n")) == ("patient:PAT-1",)
+    assert keys(b"MSH|^~\\&|A|B|C|D|2026||MFN^M02|K5|P|2.5\rMFI|PRA\r") is None
+
+
+# Enhanced acknowledgment mode: the application ACK as a message of its own (HL7 v2.5.1 2.9.3) ---------------
+def _enhanced(message: bytes, accept: str, application: str) -> bytes:
+    head, rest = message.split(b"\r", 1)
+    return head + f"|||{accept}|{application}".encode() + b"\r" + rest
+
+
+def test_application_ack_is_sent_to_the_senders_destination_over_mllp(settings, session_factory):
+    """MSH-15 AL + MSH-16 AL: the connection gets CA; the AE goes to the sender's application through the
+    outbox and a real MLLP listener receives it, MSA-2 naming the failed message."""
+    import dataclasses
+
+    from interfaces.mllp import MLLPServer
+    from interfaces.outbound.dispatcher import build_dispatcher, route_destinations
+
+    received: list[bytes] = []
+
+    def his(event, peer):  # the sender's application: answers our ACK message with a commit ACK
+        received.append(event.payload)
+        control = event.payload.split(b"\r")[0].split(b"|")[9]
+        return b"MSH|^~\\&|HIS|HOSP|RIS|RADIOLOGY|20261203||ACK|H1|P|2.5.1\rMSA|CA|" + control + b"\r"
+
+    listener = MLLPServer(his, "127.0.0.1", 0)
+    listener.start()
+    try:
+        spec = f"hisack=127.0.0.1:{listener.port};kinds=hl7.application_ack;application=HIS;facility=HOSP"
+        configured = dataclasses.replace(settings, outbound_destinations=(spec,))
+        route_destinations(configured, session_factory)
+        intake = HL7Intake(configured, session_factory, ProfileSet(settings.mappings_path).get("default"))
+        reply = intake.handle(_enhanced(orm("CA", "EA-1", placer="NOPE"), "AL", "AL"))
+        assert segments(reply)["MSA"][1:3] == ["CA", "EA-1"]
+        ok = intake.handle(_enhanced(orm("NW", "EA-2"), "AL", "ER"))   # ER: no application ACK for a success
+        assert segments(ok)["MSA"][1] == "CA"
+        with unit_of_work(session_factory) as session:
+            first = session.scalars(select(InboundMessage).order_by(InboundMessage.id)).first()
+            assert "queued for hisack" in first.warnings
+        dispatcher = build_dispatcher(configured, session_factory)
+        try:
+            assert dispatcher.run_once() == {"hisack": 1}
+        finally:
+            dispatcher.close()
+        [sent] = received
+        lines = sent.split(b"\r")
+        assert lines[1].startswith(b"MSA|AE|EA-1|")   # v2.3.1: MSA-3 carries the text
+        assert lines[0].split(b"|")[4:6] == [b"HIS", b"HOSP"]     # to the sender's application and facility
+        assert b"unknown order" in sent
+    finally:
+        listener.stop()
+
+
+def test_application_ack_without_a_destination_is_kept_and_said_so(intake, session_factory):
+    reply = intake.handle(_enhanced(orm("CA", "EA-3", placer="NOPE"), "AL", "AL"))
+    assert segments(reply)["MSA"][1] == "CA"
+    with unit_of_work(session_factory) as session:
+        row = session.scalars(select(InboundMessage)).one()
+        assert segments(row.ack)["MSA"][1] == "AE"                 # the application ACK, kept
+        assert "application ACK AE not sent: no outbound destination" in row.warnings
+
+
+def test_accept_never_application_ack_on_the_connection(intake):
+    """MSH-15 NE (or empty) with MSH-16 AL: no accept ACK is due, the application ACK answers on the connection;
+    MSH-15 AL with MSH-16 NE (BUG-10's header): the accept ACK only - the sender asked for no application ACK."""
+    assert segments(intake.handle(_enhanced(orm("CA", "EA-4", placer="NOPE"), "NE", "AL")))["MSA"][1] == "AE"
+    assert segments(intake.handle(_enhanced(orm("CA", "EA-5", placer="NOPE"), "", "AL")))["MSA"][1] == "AE"
+    assert segments(intake.handle(_enhanced(orm("NW", "EA-6"), "AL", "NE")))["MSA"][1] == "CA"
+
+
+def test_placer_numbers_without_a_namespace_still_make_two_orders(intake, session_factory):
+    raw = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203120000||ORM^O01|NS-1|P|2.3.1", "PID|||PAT-N^^^HOSP||NS^NINA",
+              "ORC|NW|PL-N1", "OBR|1|PL-N1||CTH^CT head^L||||||||||||||ACC-N1||||||CT",
+              "ORC|NW|PL-N2", "OBR|1|PL-N2||MRH^MR head^L||||||||||||||ACC-N2||||||MR",
+              "ORC|NW", "OBR|2|||MRC^MR chest^L||||||||||||||||||||MR")   # no number: part of PL-N2
+    assert segments(intake.handle(raw))["MSA"][1] == "AA"
+    with unit_of_work(session_factory) as session:
+        orders = {o.placer_order_number: (o.accession_number, [p.code_value for p in o.procedures])
+                  for o in session.scalars(select(Order))}
+    assert orders == {"PL-N1": ("ACC-N1", ["CTH"]), "PL-N2": ("ACC-N2", ["MRH", "MRC"])}
+
+
+def test_an_error_about_the_second_order_names_its_own_fields(intake):
+    """A service error (here: the accession of the second order belongs to another order) names the field of
+    the order it is about: the values of each order command remember where they were read (OBR^2^18)."""
+    intake.handle(orm("NW", "O-1"))                       # ACC-100 exists
+    ack = intake.handle(two_groups("O-2", second_placer="PL-2", second_accession="ACC-100"))
+    assert segments(ack)["MSA"][1] == "AE"
+    location, code, text = err(ack)
+    assert (location, code) == ("OBR^2^18", "205") and "ACC-100" in text

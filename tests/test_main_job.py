@@ -57,7 +57,8 @@ def engine(tmp_path, db_url):
     ports = {"RIS_MLLP_PORT": free_port(), "RIS_DICOM_PORT": free_port(), "RIS_HTTP_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "RIS_DATA_DIR": str(tmp_path / "data"),
            "RIS_DATABASE_URL": db_url, "RIS_HOST": "127.0.0.1", "RIS_DICOM_AET": "RISTEST",
-           "RIS_SITE_TIMEZONE": "Europe/Berlin", "PYTHONUNBUFFERED": "1"}
+           "RIS_SITE_TIMEZONE": "Europe/Berlin", "PYTHONUNBUFFERED": "1",
+           "RIS_HL7_PROCESSING_IDS": "P,D"}  # the 1994 HAPI order says MSH-11 D (debugging): applied here like P
     log = open(tmp_path / "engine.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "interfaces", "serve"], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT)

@@ -140,3 +140,31 @@ def test_mutation_fuzz_over_mllp(intake, session_factory):
         stored = session.scalar(select(func.count()).select_from(InboundMessage).where(
             InboundMessage.batch_fk.is_(None)))
     assert stored == len(frames) + 1
+
+
+def test_a_merge_is_ordered_against_the_messages_of_both_patients(intake, read_factory):
+    """An A40 carries two keys (PID-3 and MRG-1): an order for the old identifier that arrives first on another
+    connection is applied before the merge (so the merge moves it), and a change for the new identifier sent
+    after the merge waits for it."""
+    from tests.test_intake import a40
+
+    def slow_order(event, peer):
+        if b"|NW|" in event.payload:
+            time.sleep(0.5)
+        return intake.handle_frame(event, peer)
+
+    server = serve(slow_order, intake)
+    try:
+        results = {}
+        first = send_in_thread(server.port, orm("NW", "M1", pid="OLD-9"), results, "nw")
+        time.sleep(0.15)
+        merge = send_in_thread(server.port, a40("M2", "NEW-9", "OLD-9"), results, "a40")
+        for t in (first, merge):
+            t.join(30)
+    finally:
+        server.stop()
+    assert b"MSA|AA|M1" in results["nw"][0] and b"MSA|AA|M2" in results["a40"][0]
+    assert results["nw"][1] <= results["a40"][1]
+    with unit_of_work(read_factory) as session:
+        [item] = find_worklist_items(session, WorklistQuery(accession_number=Text("ACC-100")))
+    assert item.patient_id == "NEW-9"   # the merge came second and moved the order

@@ -2,17 +2,27 @@
 
 :func:`store_received` runs in its own unit of work, committed before the message is applied
 or acknowledged, so nothing acknowledged can be lost. :func:`find_original` implements the
-duplicate rule: a message with the same sender, control id and content (digest of the bytes) as
-one already applied or refused gets that answer again and changes nothing; one answered AE is applied again. A reused control id with
-different content is a different message and is processed (BUG-28, corpus adt_a04_v23_mirth_lf).
+duplicate rule: a message with the same sender, control id and content as one already applied or
+refused gets that answer again and changes nothing; one answered AE is applied again. A reused control
+id with different content is a different message and is processed (BUG-28, corpus adt_a04_v23_mirth_lf).
+
+The content of a message, for this rule, is its segments as the tokenizer splits them (CR, CRLF or LF
+terminators, blank segments dropped; trailing empty fields dropped, HL7 v2.5.1 2.5.3: they are the same
+as absent ones), without MSH-7. MSH-7 is the time the sender built the message (2.15.9.7); a sender that
+resends after a lost ACK may build it anew with a new time but the same control id (MSH-10, 2.15.9.10:
+"the number or other identifier that uniquely identifies the message"), and that resend must not be
+applied twice. Any other difference (a patient, an order value, a field, a segment) is other content.
+:func:`content_digest` computes it; the intake stores it in ``digest`` once the message is tokenized
+(before that ``digest`` is the hash of the raw bytes, which is what a message that cannot be
+tokenized keeps).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-
 from dataclasses import dataclass, field, fields
+from typing import Iterable, Sequence
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -29,6 +39,22 @@ FINAL = (MessageStatus.PROCESSED, MessageStatus.REJECTED)
 
 def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def content_digest(segments: Iterable[Sequence[str]]) -> str:
+    """The identity of a message's content (see the module docstring): ``segments`` are the fields of each
+    segment, its name first (for MSH: the name, MSH-1, MSH-2...); MSH-7 and trailing empty fields are left
+    out."""
+    h = hashlib.sha256()
+    for fields in segments:
+        fields = list(fields)
+        if fields and fields[0] == "MSH" and len(fields) > 7:
+            fields[7] = ""
+        while fields and fields[-1] == "":
+            fields.pop()
+        h.update("\x1f".join(fields).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
 
 
 def store_received(session: Session, raw: bytes, *, transport: str, peer: str,
@@ -76,7 +102,7 @@ class MessageRow:
 
 
 _M = InboundMessage.__table__
-_FIXED = ("id", "received_at", "transport", "peer", "raw", "digest")
+_FIXED = ("id", "received_at", "transport", "peer", "raw")   # digest is rewritten: the content digest
 _WRITTEN = tuple(f.name for f in fields(MessageRow) if f.name not in _FIXED)
 _SAVE = update(_M).where(_M.c.id == bindparam("v__id")).values({c: bindparam(f"v_{c}") for c in _WRITTEN})
 
@@ -105,8 +131,8 @@ _ORIGINAL = (select(_M.c.id, _M.c.ack, _M.c.ack_code, _M.c.reply)
 
 
 def find_original(session: Session, msg, since: dt.datetime | None = None):
-    """The earlier, answered message this one repeats (same sender, control id and bytes), received after
-    ``since`` (the duplicate window): a row with its id, ack, ack_code and reply, or None."""
+    """The earlier, answered message this one repeats (same sender, control id and content digest), received
+    after ``since`` (the duplicate window): a row with its id, ack, ack_code and reply, or None."""
     if not msg.control_id:
         return None
     return read(session, _ORIGINAL, {"sender": msg.sender, "control_id": msg.control_id, "digest": msg.digest,

@@ -21,6 +21,10 @@ __all__ = ["ACK_CODES", "ERROR_CODES", "ErrorDetail", "build_ack", "build_reject
 
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})  # HL7 table 0008
 
+# Outbox kind of an application ACK sent as a message of its own (enhanced mode, HL7 v2.5.1 2.9.3): payload
+# {"message": the ACK text, "codec": its character set, "sender": MSH-3^MSH-4 of the message it answers}.
+APPLICATION_ACK = "hl7.application_ack"
+
 ERROR_CODES = {  # HL7 table 0357 (message error condition codes), v2.5.1
     "0": "Message accepted",
     "100": "Segment sequence error",
@@ -39,14 +43,17 @@ ERROR_CODES = {  # HL7 table 0357 (message error condition codes), v2.5.1
 
 SEVERITIES = frozenset({"E", "W", "I", "F"})  # HL7 table 0516 (error severity)
 
-_LOCATION = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:-(?P<field>\d+)(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?")
+# 'PID-3.1.2', 'OBR[2]-24' (second OBR of the message), 'PID-3[2].1' (second repetition of PID-3)
+_LOCATION = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:\[(?P<occurrence>\d+)\])?"
+                       r"(?:-(?P<field>\d+)(?:\[(?P<rep>\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?")
 
 
 @dataclass(frozen=True)
 class ErrorDetail:
     """One error for the ERR segment.
 
-    ``code`` is from HL7 table 0357, ``location`` like 'PID-3', 'PID-3.1', 'OBR-18', 'MSH-9' or just 'IPC',
+    ``code`` is from HL7 table 0357, ``location`` like 'PID-3', 'PID-3.1', 'OBR-18', 'MSH-9' or just 'IPC';
+    'OBR[2]-24' names the second OBR of the message, 'PID-3[2]' the second repetition of PID-3 (ERL, 2.15.5.2),
     ``severity`` from table 0516 (E error, W warning, I information, F fatal).
     """
 
@@ -91,14 +98,18 @@ def _message_type(version: tuple[int, ...] | None, trigger: str, delims: Delimit
     return f"ACK{cs}{trigger}{cs}ACK"
 
 
-def _location_parts(location: str | None) -> tuple[str, str, str, str, str] | None:
-    """(segment, occurrence, field, component, subcomponent) of 'PID-3.1.2'-style locations."""
+def _location_parts(location: str | None) -> tuple[str, str, str, str, str, str] | None:
+    """(segment, occurrence, field, repetition, component, subcomponent) of a location: 'PID-3.1.2',
+    'OBR[2]-24' (the second OBR of the message), 'PID-3[2].1' (the second repetition of PID-3).
+    The occurrence defaults to 1; the repetition to 1 when a component is named, else it is empty."""
     if not location:
         return None
     match = _LOCATION.fullmatch(location.strip())
     if match is None:
         return None
-    return match["segment"], "1", match["field"] or "", match["comp"] or "", match["sub"] or ""
+    comp = match["comp"] or ""
+    rep = match["rep"] or ("1" if comp else "")
+    return match["segment"], match["occurrence"] or "1", match["field"] or "", rep, comp, match["sub"] or ""
 
 
 def _err_v25(error: ErrorDetail, delims: Delimiters) -> str:
@@ -111,8 +122,8 @@ def _err_v25(error: ErrorDetail, delims: Delimiters) -> str:
         if error.location:
             user_message = f"{error.location}: {error.text}"
     else:
-        segment, occurrence, field, comp, sub = parts
-        erl_parts = [segment, occurrence, field, "1" if comp else "", comp, sub]
+        segment, occurrence, field, rep, comp, sub = parts
+        erl_parts = [segment, occurrence, field, rep, comp, sub]
         erl = cs.join(erl_parts).rstrip(cs)
     description = ERROR_CODES.get(error.code, error.text)
     cwe = cs.join((escape(error.code, delims), escape(description, delims), "HL70357"))
@@ -194,7 +205,8 @@ def build_ack(
     """The acknowledgment of ``msg`` (HL7 v2.5.1 2.9.2, 2.14.1), segments ended by CR.
 
     MSH-3/4 are ``app``/``facility``; MSH-5/6 the sender's MSH-3/4 copied raw; MSH-7 ``now``; MSH-9 by version
-    (see ``_message_type``); MSH-10 ``control_id``; MSH-11, MSH-12 and MSH-18 echo the inbound fields raw.
+    (see ``_message_type``); MSH-10 ``control_id``; MSH-11, MSH-12 and MSH-18 echo the inbound fields raw
+    (MSH-11 and MSH-12 are required: an empty one is answered 'P' and '2.5', as for an unreadable message).
     MSA-2 echoes the inbound MSH-10 raw (empty if it had none). Before v2.5, MSA-3 carries ``text`` (default:
     the first error's text) and one ERR whose ERR-1 repeats an ELD per error; from v2.5 one ERR per error
     (ERR-2 ERL location, ERR-3 table-0357 code, ERR-4 severity, ERR-8 the error's text) and no MSA-3.
@@ -210,6 +222,10 @@ def build_ack(
         version=msg.version,
         charset=header.raw(18),
     )
+    if not echo.processing_id.strip():  # MSH-11 and MSH-12 are required in the ACK too
+        echo = replace(echo, processing_id="P")
+    if not echo.version_field.strip():
+        echo = replace(echo, version_field="2.5", version="2.5")
     return _write_ack(
         echo,
         msg.delimiters,

@@ -4,8 +4,11 @@ The flow of DESIGN.md section 3, "HL7 in":
 
 1. the raw bytes are stored as an InboundMessage and committed (durable before anything else);
 2. decoded by MSH-18 (interfaces.hl7.charsets), tokenized (interfaces.hl7.tokenizer);
-3. a resent message (same sender MSH-3^MSH-4, control id MSH-10 and bytes) gets the original ACK
-   and changes nothing;
+3. a resent message (same sender MSH-3^MSH-4, control id MSH-10 and content) gets the original ACK
+   and changes nothing. The content is the tokenized segments without MSH-7 (segment terminators,
+   a trailing CR and trailing empty fields do not count; a re-stamped MSH-7 does not either, since a
+   sender may rebuild a message it resends; any other difference is another message, BUG-28); see
+   :mod:`app.services.messages`;
 4. the mapping profile of its sender (MSH-3/MSH-4; mappings.profile.ProfileSet) turns it into
    domain commands, applied in one unit of work together with the message's final status and
    the profile's name and version;
@@ -38,13 +41,15 @@ from app.errors import Conflict, DomainError, InvalidInput, NotFound, UnknownCod
 from app.models import InboundMessage, MessageStatus, Order
 from app.queries.worklist import to_item
 from app.services import messages as store
+from app.services import outbox
 from app.services.dispatch import apply, as_orm
 from config.settings import Settings
 from interfaces.hl7 import charsets, timestamps
-from interfaces.hl7.ack import ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header, version_tuple
+from interfaces.hl7.ack import (APPLICATION_ACK, ErrorDetail, build_ack, build_reject_for_unparsable, scrape_header,
+                                version_tuple)
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
-from mappings.hl7v2 import Mapper, locate, message_type
+from mappings.hl7v2 import LocatedWarning, Mapper, locate, message_type
 from mappings.profile import Profile, ProfileSet, SingleProfile
 from mappings.transforms import Context
 
@@ -99,6 +104,10 @@ class Trial:
     worklist: list                     # app.queries.worklist.WorklistItem, as the worklist would offer them
 
 
+# What :meth:`HL7Intake.reprocess` accepts: messages that changed nothing.
+REPROCESSABLE = (MessageStatus.ERROR, MessageStatus.RECEIVED, MessageStatus.REJECTED)
+
+
 def _condition(value: str) -> str:
     """An acknowledgment condition of table 0155; anything else counts as not given."""
     value = value.strip().upper()
@@ -118,10 +127,49 @@ def is_batch(text: str) -> bool:
     return head == "MSH" and ("\rMSH" in text or "\nMSH" in text)
 
 
+class HeaderRefused(Unsupported):
+    """MSH-11 or MSH-12 names a processing id or version this engine does not apply (table 0357 202/203)."""
+
+    def __init__(self, message: str, *, location: str, code: str):
+        super().__init__(message, location=location)
+        self.code = code
+
+
+def check_header(msg: Message, settings: Settings) -> bool:
+    """Whether the message is to be applied (True) or only checked (False: a training message); refuses it
+    when its header is not acceptable.
+
+    MSH-11 processing id (PT-1, HL7 table 0103: P production, T training, D debugging): applied when in
+    ``RIS_HL7_PROCESSING_IDS`` (default P); checked and acknowledged but never applied when in
+    ``RIS_HL7_TRAINING_PROCESSING_IDS`` (default T: kept out of production data); otherwise refused, ERR code 202
+    "unsupported processing id". MSH-12 version (VID-1, table 0104) must be one of ``RIS_HL7_VERSIONS``
+    (2.2-2.8), else ERR code 203 "unsupported version id". Both fields are required (HL7 v2.5.1 2.15.9.11-12);
+    2.9.2 / 2.9.3.1: a message whose processing id or version the receiver does not accept is answered AR
+    (CR in enhanced mode)."""
+    processing = msg.value("MSH", 11).strip().upper()
+    applied = tuple(p.strip().upper() for p in settings.hl7_processing_ids)
+    training = tuple(p.strip().upper() for p in settings.hl7_training_processing_ids)
+    if processing not in applied and processing not in training:
+        shown = f"processing id {processing!r}" if processing else "no processing id"
+        raise HeaderRefused(f"MSH-11 gives {shown}; this engine applies {', '.join(applied) or 'none'} "
+                            f"(RIS_HL7_PROCESSING_IDS) and checks without applying {', '.join(training) or 'none'} "
+                            f"(RIS_HL7_TRAINING_PROCESSING_IDS)", location="MSH-11", code="202")
+    version = msg.version.strip()
+    number = version_tuple(version)
+    if number is None or not any(number[:len(v)] == v for v in
+                                 (version_tuple(a) for a in settings.hl7_versions) if v):
+        shown = f"version {version!r}" if version else "no version"
+        raise HeaderRefused(f"MSH-12 gives {shown}; this engine reads {', '.join(settings.hl7_versions)} "
+                            f"(RIS_HL7_VERSIONS)", location="MSH-12", code="203")
+    return processing in applied
+
+
 def ack_for_error(exc: Exception) -> Outcome:
     """Domain error -> message status, ACK code and HL7 table 0357 error code."""
     location = getattr(exc, "location", None)
     text = str(getattr(exc, "message", None) or exc)
+    if isinstance(exc, HeaderRefused):
+        return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail(exc.code, text, location))
     if isinstance(exc, Unsupported):
         return Outcome(MessageStatus.REJECTED, "AR", ErrorDetail("200", text, location))
     if isinstance(exc, HL7ParseError):
@@ -219,8 +267,10 @@ class HL7Intake:
         condition AL/NE/ER/SU (table 0155; empty MSH-15 counts as NE, empty MSH-16 as AL). The accept ACK
         reports whether the message was taken into safe storage (2.9.3.1): CA for every stored message, CR
         only for one refused as a message (our AR); whether it could be applied is the application ACK's
-        business (AA/AE). When both are due, the accept ACK is the answer: the standard sends application
-        ACKs as messages of their own, which this engine records (``ack`` in the store) but does not send yet.
+        business (AA/AE). When both are due, the accept ACK is the answer on the connection and the application
+        ACK is a message of its own to the sender's application (2.9.3.2), sent through the outbox
+        (:meth:`_send_application_ack`). MSH-15 AL with MSH-16 NE: the accept ACK only, never AA (the sender
+        asked for no application ACK).
         """
         accept_type = _condition(msg.value("MSH", 15))
         app_type = _condition(msg.value("MSH", 16))
@@ -238,12 +288,33 @@ class HL7Intake:
         return None
 
     def reprocess(self, msg_id: int, *, dry_run: bool = False) -> "Result":
-        """Apply a stored message again (e.g. after a mapping or an order was fixed).
+        """Apply a stored message that was not applied, again (e.g. after a mapping or an order was fixed).
 
-        With ``dry_run`` nothing is written: the result says what would happen (status, ACK,
-        the changes it would make). Duplicates are not re-applied; batches are reprocessed through
-        their messages.
+        Only a message that changed nothing can be reprocessed (:data:`REPROCESSABLE`: ERROR, RECEIVED,
+        REJECTED, e.g. once a profile handles its type). A PROCESSED message was applied: applying
+        it again would apply it twice (a second NW "already exists", a merge repeated) and overwrite its ACK and
+        change record, so it is refused with :class:`~app.errors.Conflict` (409 at the HTTP edge); so is a
+        DUPLICATE (its original is the message). There is no force: to change what a processed message did,
+        send the correcting message (XO, A08, CA...). With ``dry_run`` nothing is written: the result says
+        what would happen (status, ACK, the changes it would make); a dry run of a message that was applied
+        shows its stored result. A batch is reprocessed through its messages; those already processed are left
+        as they are.
         """
+        if dry_run:
+            return self._with_retries(msg_id, reprocess=True, dry_run=True)
+        session = self.factory()
+        try:
+            row = session.get(InboundMessage, msg_id)
+            if row is None:
+                raise NotFound(f"no message {msg_id}", location="message_id")
+            status = row.status
+        finally:
+            session.close()
+        if status not in REPROCESSABLE:
+            what = ("it was applied: reprocessing would apply it twice; send a correcting message instead"
+                    if status is MessageStatus.PROCESSED else "it is a duplicate: its original is the message")
+            raise Conflict(f"message {msg_id} is {status.value}: {what} (only messages that were not applied "
+                           f"can be reprocessed: {', '.join(s.value for s in REPROCESSABLE)})", location="status")
         return self._with_retries(msg_id, reprocess=True, dry_run=dry_run)
 
     def trial(self, raw: bytes | None = None, *, message_id: int | None = None,
@@ -285,24 +356,32 @@ class HL7Intake:
                     return self._finish_failed(msg_id, exc)
         raise AssertionError("unreachable")
 
-    def ordering_key(self, event) -> str | None:
-        """MLLP ordering key: the patient (PID-3.1) a frame is about, read without parsing.
+    def ordering_key(self, event) -> tuple[str, ...] | None:
+        """MLLP ordering keys: the patients a frame is about, read without parsing: PID-3.1 of every PID and
+        MRG-1.1 of every MRG (the prior identifier of a merge or change of identifier; HL7 v2.5.1 chapter 3), as
+        ``patient:<id>``.
 
-        Frames with the same key are applied in arrival order, even from several connections;
-        frames of different patients run in parallel.
+        Frames that share a key are applied in arrival order, even from several connections; frames of
+        different patients run in parallel. An A40 carries both keys, so it is ordered against the messages
+        of the surviving patient and against those of the one merged away.
         """
         payload = event.payload
-        start = payload.find(b"PID", 3)
-        while start > 0 and payload[start - 1] not in (0x0D, 0x0A):
-            start = payload.find(b"PID", start + 3)
-        if start < 0 or len(payload) < 8:
+        if len(payload) < 8:
             return None
-        sep, comp = payload[3:4], payload[4:5]
-        fields = payload[start:payload.find(b"\r", start) if b"\r" in payload[start:] else None].split(sep, 4)
-        if len(fields) < 4:
-            return None
-        key = fields[3].split(comp, 1)[0].strip()
-        return ("patient:" + key.decode("latin-1")) if key else None
+        sep, comp, rep = payload[3:4], payload[4:5], payload[5:6]
+        keys: list[str] = []
+        for name, number in ((b"PID", 3), (b"MRG", 1)):
+            start = payload.find(name, 3)
+            while start > 0:
+                if payload[start - 1] in (0x0D, 0x0A):
+                    ends = [i for i in (payload.find(b"\r", start), payload.find(b"\n", start)) if i >= 0]
+                    fields = payload[start:min(ends) if ends else None].split(sep, number + 1)
+                    if len(fields) > number:
+                        key = fields[number].split(rep, 1)[0].split(comp, 1)[0].strip()
+                        if key and key != b'""':
+                            keys.append("patient:" + key.decode("latin-1"))
+                start = payload.find(name, start + 3)
+        return tuple(dict.fromkeys(keys)) or None
 
     # Steps -------------------------------------------------------------------------------
     def _decode(self, raw: bytes):
@@ -318,7 +397,7 @@ class HL7Intake:
                 raise KeyError(f"no message {msg_id}")
             if not reprocess and row.status is not MessageStatus.RECEIVED and row.ack is not None:
                 return Result.of(row)
-            if reprocess and row.status is MessageStatus.DUPLICATE:
+            if reprocess and row.status not in REPROCESSABLE:  # a batch's message that was applied: kept
                 return Result.of(row)
             result, batch = self._process_row(session, row, reprocess=reprocess, dry_run=dry_run)
             if batch is None:
@@ -357,6 +436,7 @@ class HL7Intake:
         row.control_id = msg.control_id[:199]
         row.message_type = message_type(msg)[:32]
         row.charset = decoded.codec
+        row.digest = store.content_digest(segment.fields for segment in msg.segments)  # the duplicate rule's content
         profile = profile or self.profiles.for_sender(msg.sending_application, msg.sending_facility)
         row.profile = profile.label[:128]
         if trace is not None:
@@ -377,14 +457,18 @@ class HL7Intake:
         ctx = self._context(msg, row, profile)
         savepoint = session.begin_nested()
         recorder = ChangeRecorder(session)
+        origins = ctx.origins  # where the values of the command being applied were read from
+        training = False
         try:
+            training = not check_header(msg, self.settings)
             if profile.strict_structure:
                 validate_structure(decoded.text)
             result = Mapper(profile).commands(msg, ctx)
             if trace is not None:
                 trace["commands"] = result.commands
             cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
-            for command in result.commands:
+            for index, command in enumerate(result.commands):
+                origins = result.origins[index] if index < len(result.origins) else ctx.origins
                 changed = apply(session, command, cause, uid_root=profile.uid_root or self.settings.uid_root,
                                 accession_prefix=profile.accession_prefix)
                 self._remember_keys(row, changed)
@@ -400,13 +484,17 @@ class HL7Intake:
             raise
         except Exception as exc:
             outcome = ack_for_error(exc)
-            if isinstance(exc, DomainError) and exc.location and "." in exc.location:
-                where = locate(profile, exc.location, msg, ctx.origins) or exc.location
+            if isinstance(exc, DomainError) and exc.location and exc.location[:1].islower():  # a domain key
+                where = locate(profile, exc.location, msg, origins) or exc.location
                 outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, location=where))
             if not isinstance(exc, DomainError):
                 log.exception("message %s: unexpected failure", row.id)
         changes = recorder.close()
-        if dry_run or outcome.status is not MessageStatus.PROCESSED:
+        if training and outcome.status is MessageStatus.PROCESSED:
+            warnings.append(LocatedWarning(f"MSH-11 {msg.value('MSH', 11).strip()}: a training message, checked "
+                                           "and acknowledged, nothing applied", "MSH-11"))
+            changes = []
+        if dry_run or training or outcome.status is not MessageStatus.PROCESSED:
             savepoint.rollback()
         else:
             savepoint.commit()
@@ -417,6 +505,8 @@ class HL7Intake:
         error = outcome.error.text if outcome.error else ""
         reply = self._reply(msg, decoded, outcome.ack_code, ack, error)
         differs = reply is not ack
+        if not dry_run and differs and _wanted(_condition(msg.value("MSH", 16)) or "AL", outcome.ack_code == "AA"):
+            warnings.append(self._send_application_ack(session, msg, row, ack_text, decoded.codec))
         if not dry_run:
             store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=error, warnings=warnings,
                          changes=changes if outcome.status is MessageStatus.PROCESSED else [])
@@ -425,6 +515,28 @@ class HL7Intake:
         return Result(ack, outcome.status, outcome.ack_code, error, tuple(warnings),
                       changes if outcome.status is MessageStatus.PROCESSED else [], row.raw,
                       (reply or b"") if differs else None, differs), None
+
+    def _send_application_ack(self, session: Session, msg: Message, row: InboundMessage, ack_text: str,
+                              codec: str) -> str:
+        """Enhanced mode (HL7 v2.5.1 2.9.3): the accept ACK answered on the connection, and MSH-16 asks for the
+        application ACK too; that is a message of its own from us to the sender's application. It is written to
+        the outbox (in this transaction) for the enabled destination that receives ``hl7.application_ack`` for
+        this sender (its ``application``/``facility`` options, when set, equal MSH-3/MSH-4); with none, it stays
+        in the store (``ack``) only. Returns the warning that says which."""
+        code = ack_text.split("\r")[1][4:6] if "\rMSA" in ack_text else "?"
+        for destination in self.settings.destinations:
+            if (destination.enabled and APPLICATION_ACK in destination.kinds
+                    and destination.application in ("", msg.sending_application)
+                    and destination.facility in ("", msg.sending_facility)):
+                cause = Cause("hl7", reference=msg.control_id, sender=row.sender, message_fk=row.id)
+                [queued] = outbox.enqueue(session, APPLICATION_ACK, {"message": ack_text, "codec": codec,
+                                                                   "sender": row.sender}, cause,
+                                          destinations=[destination.name])
+                return (f"application ACK {code} queued for {destination.name} ({destination.host}:"
+                        f"{destination.port}, outbox message {queued.id}); the connection got the accept ACK")
+        return (f"application ACK {code} not sent: no outbound destination receives {APPLICATION_ACK} for "
+                f"{row.sender} (RIS_OUTBOUND_DESTINATIONS ...;kinds={APPLICATION_ACK};application=...); it is kept "
+                f"here as this message's ACK, the connection got the accept ACK")
 
     @staticmethod
     def _ack_errors(msg: Message, outcome: Outcome, warnings: list[str]) -> list[ErrorDetail]:
@@ -436,7 +548,7 @@ class HL7Intake:
             return [outcome.error]
         if outcome.ack_code != "AA" or not warnings or (version_tuple(msg.version) or (0,)) < (2, 5):
             return []
-        return [ErrorDetail("0", warning[:250], None, "W") for warning in warnings[:10]]
+        return [ErrorDetail("0", warning[:250], getattr(warning, "location", None), "W") for warning in warnings[:10]]
 
     @staticmethod
     def _remember_keys(row: InboundMessage, changed) -> None:

@@ -114,7 +114,8 @@ def _flag(value) -> bool:
 
 @api.post("/api/messages/<int:message_id>/reprocess")
 def reprocess_message(message_id: int):
-    """Apply a stored message again; ``?dry_run=true`` shows the effect and changes nothing."""
+    """Apply a stored message that was not applied again; ``?dry_run=true`` shows the effect and changes
+    nothing. A PROCESSED or DUPLICATE message is refused: 409 problem document naming its status."""
     with _reader() as session:
         found = views.get_message(session, message_id)
     if found is None:
@@ -134,7 +135,8 @@ def _reprocessable(message_id: int, transport: str) -> None:
 @api.post("/api/messages/reprocess")
 def reprocess_messages():
     """Reprocess the messages matching a filter (JSON body: status, control_id, type, patient_id,
-    accession, since, until, limit, dry_run), oldest first."""
+    accession, since, until, limit, dry_run), oldest first. Messages that were applied (PROCESSED) or are
+    DUPLICATEs are not reprocessed: each is listed with ``refused`` and the reason, and left as it is."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object with the filter, e.g. {\"status\": \"ERROR\"}",
@@ -151,9 +153,17 @@ def reprocess_messages():
         ids = views.message_ids(session, limit=limit, **criteria)
         fhir_ids = set(views.message_ids(session, limit=limit, transport="fhir", **criteria))
     service = _service("reprocess_message")
-    results = [{"id": mid, "refused": "a FHIR request: FHIR messages are not reprocessable yet"} if mid in fhir_ids
-               else {"id": mid, **service(mid, dry_run=dry_run).as_dict()} for mid in ids]
-    return jsonify(dry_run=dry_run, count=len(results), results=results)
+
+    def one(mid: int) -> dict:
+        if mid in fhir_ids:
+            return {"id": mid, "refused": "a FHIR request: FHIR messages are not reprocessable yet"}
+        try:
+            return {"id": mid, **service(mid, dry_run=dry_run).as_dict()}
+        except Conflict as exc:  # applied already (PROCESSED) or a DUPLICATE: left as it is
+            return {"id": mid, "refused": exc.message}
+    results = [one(mid) for mid in ids]
+    return jsonify(dry_run=dry_run, count=len(results), refused=sum("refused" in r for r in results),
+                   results=results)
 
 
 @api.get("/api/messages/<int:message_id>")

@@ -7,7 +7,9 @@ Threading model: an asyncio event loop in one dedicated thread owns every socket
 function that stores the message durably and builds the ACK (DESIGN.md 3: never acknowledge before the message is
 durable) - runs in a ThreadPoolExecutor. The messages of one connection are handled strictly one after another in
 arrival order (read frame -> handler -> write reply -> next frame; frames that arrive meanwhile wait in the reader),
-while different connections run in parallel.
+while different connections run in parallel. ``ordering_key(event)`` (optional) gives a frame one key or several
+(e.g. the patients a message is about): frames that share a key are handled in their arrival order, across
+connections; frames with no key in common run in parallel.
 
 The handler contract: ``handler(event, peer) -> bytes | None``. It should never raise: a message it cannot take must
 still be answered (AE/AR). If it raises anyway, the exception is logged with the peer, nothing is sent for that frame
@@ -30,7 +32,7 @@ import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from .framing import FrameEvent, FrameReader, frame
 
@@ -85,7 +87,7 @@ class MLLPServer:
         ssl_context: ssl.SSLContext | None = None,
         name: str = "mllp",
         tls_handshake_timeout: float = 30.0,
-        ordering_key: Callable[[FrameEvent], str | None] | None = None,
+        ordering_key: Callable[[FrameEvent], str | Iterable[str] | None] | None = None,
     ) -> None:
         self.handler = handler
         self.ordering_key = ordering_key
@@ -111,7 +113,7 @@ class MLLPServer:
         self._conns: set[_Connection] = set()  # open connections (counted against max_connections)
         self._tasks: dict[asyncio.Task, _Connection] = {}  # connection tasks until they end, closing included
         self._executor: ThreadPoolExecutor | None = None
-        self._key_locks: dict[str, list] = {}  # ordering key -> [asyncio.Lock, users]
+        self._key_tails: dict[str, asyncio.Future] = {}  # ordering key -> done-future of its latest frame
 
     # -- control, from any thread ----------------------------------------------------------------------------------
 
@@ -296,21 +298,21 @@ class MLLPServer:
             log.warning("%s: %s sent a %d-byte message (max_message_size %d)",
                         self.name, conn.peer, event.size, self.max_message_size)
         conn.busy = True
-        key = self._key_of(event)
-        entry = None
-        if key is not None:
-            entry = self._key_locks.setdefault(key, [asyncio.Lock(), 0])
-            entry[1] += 1
+        keys = self._keys_of(event)
+        loop = asyncio.get_running_loop()
+        # Ordering: each key remembers the frame that came last with it (its done-future). A frame waits for the
+        # frames before it of every one of its keys, registered in one step on arrival, so frames sharing a key
+        # (one patient's messages on several connections; a merge and the messages of both its patients) are
+        # handled in arrival order, and a frame with several keys can neither overtake nor deadlock.
+        done = loop.create_future() if keys else None
+        before = {self._key_tails[k] for k in keys if k in self._key_tails}
+        for k in keys:
+            self._key_tails[k] = done
         try:
-            loop = asyncio.get_running_loop()
             try:
-                if entry is None:
-                    reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
-                else:
-                    # asyncio.Lock wakes its waiters first come, first served: frames with the same key
-                    # (e.g. one patient's messages on several connections) are handled in arrival order.
-                    async with entry[0]:
-                        reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
+                if before:
+                    await asyncio.wait(before)
+                reply = await loop.run_in_executor(self._executor, self.handler, event, conn.peer)
             except Exception:
                 self.stats.handler_errors += 1
                 log.exception("%s: handler failed on a message from %s; no reply sent", self.name, conn.peer)
@@ -320,19 +322,24 @@ class MLLPServer:
                 await conn.writer.drain()
         finally:
             conn.busy = False
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._key_locks[key]
+            if done is not None:
+                done.set_result(None)
+                for k in keys:
+                    if self._key_tails.get(k) is done:
+                        del self._key_tails[k]
 
-    def _key_of(self, event: FrameEvent) -> str | None:
+    def _keys_of(self, event: FrameEvent) -> list[str]:
+        """The frame's ordering keys: ``ordering_key`` may give one key, several (an iterable) or None."""
         if self.ordering_key is None:
-            return None
+            return []
         try:
-            return self.ordering_key(event)
+            found = self.ordering_key(event)
         except Exception:
             log.exception("%s: ordering_key failed; the frame is handled without ordering", self.name)
-            return None
+            return []
+        if found is None:
+            return []
+        return [found] if isinstance(found, str) else list(dict.fromkeys(k for k in found if k))
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

@@ -1,6 +1,7 @@
 """HL7 v2 over MLLP to one destination (the HIS, IHE RAD-3): one persistent connection, ACK correlation.
 
-Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination),
+Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination); for the
+kind ``hl7.application_ack`` the application ACK the intake built (enhanced mode), with MSH-10 the row's message id;
 MSH-10 = the outbox row's stable ``message_id``, MSH-5/MSH-6 the destination's application and facility (default:
 the order's sender, MSH-3/MSH-4 of the message that placed it), MSH-7 now in the site's zone.
 
@@ -20,6 +21,8 @@ import ssl
 from zoneinfo import ZoneInfo
 
 from app.services.outbox import ORDER_STATUS
+from interfaces.hl7.ack import APPLICATION_ACK
+from interfaces.hl7.charsets import encode_text
 from config.outbound import Destination
 from interfaces.hl7.ack_reader import NotAnAck, read_ack
 from interfaces.hl7.writer import Header, encode, order_status_message
@@ -44,6 +47,8 @@ class HL7MLLPChannel:
         self._client: MLLPClient | None = None
 
     def render(self, kind: str, payload: dict, message_id: str) -> bytes:
+        if kind == APPLICATION_ACK:
+            return self._application_ack(payload, message_id)
         if kind != ORDER_STATUS:
             raise PermanentError(f"destination {self.name} (HL7 over MLLP) cannot send {kind!r} messages")
         sender = (payload.get("sender") or "").split("^")
@@ -57,6 +62,22 @@ class HL7MLLPChannel:
             return encode(order_status_message(payload, header=header, message=self.destination.message))
         except ValueError as exc:
             raise PermanentError(f"cannot write the HL7 message: {exc}") from None
+
+    @staticmethod
+    def _application_ack(payload: dict, message_id: str) -> bytes:
+        """The application ACK the intake built (enhanced mode, HL7 v2.5.1 2.9.3), its MSH-10 set to the row's stable
+        message id (so the receiver's answer, MSA-2, is matched and a repeat can be dropped), in its own charset."""
+        text = payload.get("message") or ""
+        head, sep, rest = text.partition("\r")
+        if not head.startswith("MSH") or len(head) < 4:
+            raise PermanentError("the application ACK in the outbox has no MSH segment")
+        fields = head.split(head[3])
+        fields += [""] * (10 - len(fields))
+        fields[9] = message_id
+        try:
+            return encode_text(head[3].join(fields) + sep + rest, payload.get("codec") or "ascii")
+        except LookupError as exc:
+            raise PermanentError(f"cannot encode the application ACK: {exc}") from None
 
     def deliver(self, data: bytes, message_id: str) -> bytes:
         client = self._client

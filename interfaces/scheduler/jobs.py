@@ -40,14 +40,16 @@ def recover_unfinished_messages(session_factory, intake, *, older_than_s: float 
     return len(ids)
 
 
-def prune_messages(session_factory, retention_days: float) -> int:
-    """Delete answered messages older than the retention period (ERROR messages are kept)."""
+def prune_messages(session_factory, retention_days: float, include_errors: bool = False) -> int:
+    """Delete answered messages older than the retention period; ERROR messages (never applied) only with
+    ``include_errors`` (RIS_MESSAGE_RETENTION_INCLUDE_ERRORS, ``ris messages prune --include-errors``)."""
     if retention_days <= 0:
         return 0
     with unit_of_work(session_factory) as session:
-        count = prune(session, utcnow() - dt.timedelta(days=retention_days))
+        count = prune(session, utcnow() - dt.timedelta(days=retention_days), include_errors=include_errors)
     if count:
-        log.info("pruned %d messages older than %s days", count, retention_days)
+        log.info("pruned %d messages older than %s days%s", count, retention_days,
+                 " (errors included)" if include_errors else "")
     return count
 
 
@@ -69,7 +71,9 @@ def make_scheduler(settings, session_factory, intake, dispatcher=None) -> Backgr
     now = dt.datetime.now(dt.timezone.utc)
     scheduler.add_job(recover_unfinished_messages, "interval", seconds=60, args=(session_factory, intake),
                       id="recover_unfinished_messages", next_run_time=now)
-    scheduler.add_job(prune_messages, "interval", hours=24, args=(session_factory, settings.message_retention_days),
+    scheduler.add_job(prune_messages, "interval", hours=24,
+                      args=(session_factory, settings.message_retention_days,
+                            settings.message_retention_include_errors),
                       id="prune_messages", next_run_time=now + dt.timedelta(minutes=5))
     scheduler.add_job(refresh_statistics, "interval", minutes=10, args=(session_factory,),
                       id="refresh_statistics", next_run_time=now + dt.timedelta(minutes=2))

@@ -143,3 +143,14 @@ class TestRejectForUnparsable:
             "MSH#^~#A#B#C#D###ADT^A01#ID|1^2#P#2.5\r", "AR", ErrorDetail("102", "bad MSH-2", "MSH-2"), **OURS
         )
         assert parse(ack).value("MSA", 2) == "ID|1^2"
+
+
+def test_locations_name_the_segment_occurrence_and_field_repetition():
+    """ERL (2.15.5.2): segment ID ^ segment sequence ^ field position ^ field repetition ^ component ^ sub."""
+    errors = [ErrorDetail("101", "modality missing", "OBR[2]-24"), ErrorDetail("102", "too long", "PID-3[2]"),
+              ErrorDetail("102", "bad", "OBX[12]-5[3].2.1", severity="W")]
+    ack = build_ack(parse(OMI_V251), "AE", errors=errors, **OURS)
+    assert [err[2] for err in segments(ack)[2:]] == ["OBR^2^24", "PID^1^3^2", "OBX^12^5^3^2^1"]
+    # before v2.5 the ELD (ERR-1) has segment ^ sequence ^ field
+    old = build_ack(parse(ORM_V231), "AE", errors=errors[:1], **OURS)
+    assert segments(old)[2] == ["ERR", "OBR^2^24^101&modality missing&HL70357"]

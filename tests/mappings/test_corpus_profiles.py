@@ -46,7 +46,9 @@ tables:
 
 @pytest.fixture
 def shipped(settings, session_factory):
-    return HL7Intake(settings, session_factory, ProfileSet(REPO_ROOT / "mappings", "default"))
+    # D (debugging, MSH-11 of the 1994 HAPI samples) applied like P, so that the mapping is what is tested
+    return HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D")), session_factory,
+                     ProfileSet(REPO_ROOT / "mappings", "default"))
 
 
 def test_jj1017_codes_give_the_modality_through_a_code_table(settings, session_factory, tmp_path):
@@ -57,12 +59,17 @@ def test_jj1017_codes_give_the_modality_through_a_code_table(settings, session_f
     trial = intake.trial(raw)
     assert trial.profile.name == "ssmix2-jj1017"
     assert trial.result.ack_code == "AA", trial.result.error
-    procedures = trial.commands[0].order.procedures
-    assert len(procedures) == 6                  # one per OBR: the parent (ORC NW, again under ORC PA), 4 children
+    [command] = trial.commands                   # one order: the children (ORC CH, ORC-8 parent) belong to it
+    assert command.order.ref.placer_order_number == "000201101200100"
+    procedures = command.order.procedures
+    # SOURCES.md: four requested procedures under the parent order (the parent's OBR describes the whole)
+    assert [p.code_value for p in procedures] == ["10000002000102000000010000000000",
+                                                  "10000002000106000000010000000000",
+                                                  "10000002500102000000010000000000",
+                                                  "10000002500602000000010000000000"]
     assert {step.modality for proc in procedures for step in proc.steps} == {"CR"}
-    assert procedures[0].steps[0].station_aets == ("CR_ROOM1",)
-    assert procedures[2].steps[0].station_aets == ()
-    assert len(trial.worklist) == 6
+    assert [proc.steps[0].station_aets for proc in procedures] == [(), (), (), ()]
+    assert len(trial.worklist) == 4
     # the default profile cannot map it (corpus expectation "needs a code table in the site's profile")
     assert intake.trial(raw, profile_name="default").result.ack_code == "AE"
 

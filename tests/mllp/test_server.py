@@ -345,3 +345,40 @@ def test_bug08_70kb_order_received_completely_in_1kb_writes(make_server, corpus_
         assert client.receive() == b"ACK"
         assert client.send(message) == b"ACK"
     assert received == [message, message]
+
+
+def test_a_frame_with_several_ordering_keys_is_ordered_against_each(make_server):
+    """ordering_key may give several keys (an A40 names the survivor and the merged patient): the frame waits
+    for the earlier frames of every key, and later frames of any of its keys wait for it; other keys do not."""
+    release = threading.Event()
+    started: list[bytes] = []
+    finished: list[bytes] = []
+
+    def handler(event, peer):
+        started.append(event.payload)
+        if event.payload == b"A-FIRST":
+            release.wait(10)
+        finished.append(event.payload)
+        return echo(event, peer)
+
+    keys = {b"A-FIRST": "a", b"MERGE-AB": ("a", "b"), b"B-LATER": "b", b"C-OTHER": "c"}
+    server = make_server(handler, workers=8, ordering_key=lambda event: keys[event.payload])
+    clients = [MLLPClient(HOST, server.port, timeout=10) for _ in range(4)]
+    try:
+        clients[0].send_raw(frame(b"A-FIRST"))
+        assert wait_until(lambda: started == [b"A-FIRST"])
+        clients[1].send_raw(frame(b"MERGE-AB"))
+        assert wait_until(lambda: server.stats.frames == 2)
+        clients[2].send_raw(frame(b"B-LATER"))
+        assert wait_until(lambda: server.stats.frames == 3)
+        assert clients[3].send(b"C-OTHER") == b"ACK:C-OTHER"   # no key in common: not held up
+        time.sleep(0.2)  # give a wrongly ordered server the chance to run the merge or the later b
+        assert started == [b"A-FIRST", b"C-OTHER"]
+        release.set()
+        assert [clients[i].receive() for i in range(3)] == [b"ACK:A-FIRST", b"ACK:MERGE-AB", b"ACK:B-LATER"]
+        assert finished == [b"C-OTHER", b"A-FIRST", b"MERGE-AB", b"B-LATER"]
+        assert wait_until(lambda: server._key_tails == {})   # nothing left behind once every frame is done
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
