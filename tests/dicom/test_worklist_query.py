@@ -571,3 +571,76 @@ def test_hidden_step_statuses(read_factory, settings, session_factory, place):
     assert find(read_factory, shown, _key("ScheduledProcedureStepStatus", "STARTED")) == ["ACC-2"]
     only_scheduled = configured(settings, worklist_statuses=("SCHEDULED",))
     assert find(read_factory, only_scheduled, _key("ScheduledProcedureStepStatus", "STARTED")) == []
+
+
+# Query plans (SQLite) ---------------------------------------------------------------------------------------
+def _bulk_steps(engine, first: int, last: int) -> None:
+    """Steps first..last straight into the tables (the plan, not the services, is tested): one patient, order,
+    procedure, step and station each; patient names ALPHA0001..., half CT, half MR."""
+    now = dt.datetime(2026, 12, 3, 8)
+    ids = range(first, last + 1)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO patients (id, patient_id, issuer, name, sex, version, created_at, updated_at)"
+                             " VALUES (?, ?, '', ?, 'F', 1, ?, ?)", [(i, f"P{i}", f"N{i:05d}^X", now, now) for i in ids])
+        conn.exec_driver_sql("INSERT INTO orders (id, patient_fk, placer_order_number, placer_issuer, "
+                             "filler_order_number, accession_number, status, priority, referring_physician, "
+                             "requesting_physician, reason, sender, version, created_at, updated_at) VALUES "
+                             "(?, ?, ?, '', '', ?, 'SCHEDULED', '', '', '', '', '', 1, ?, ?)",
+                             [(i, i, f"PL{i}", f"A{i}", now, now) for i in ids])
+        conn.exec_driver_sql("INSERT INTO requested_procedures (id, order_fk, requested_procedure_id, "
+                             "study_instance_uid, code_value, code_scheme, code_meaning, description, priority, state) "
+                             "VALUES (?, ?, ?, ?, '', '', '', '', '', 'SCHEDULED')",
+                             [(i, i, f"RP{i}", f"1.2.{i}") for i in ids])
+        conn.exec_driver_sql("INSERT INTO procedure_steps (id, procedure_fk, sps_id, modality, station_name, "
+                             "scheduled_start, description, performing_physician, status, updated_at) VALUES "
+                             "(?, ?, ?, ?, '', ?, '', '', 'SCHEDULED', ?)",
+                             [(i, i, f"S{i}", "CT" if i % 2 else "MR", now + dt.timedelta(minutes=i), now)
+                              for i in ids])
+        conn.exec_driver_sql("INSERT INTO step_stations (id, step_fk, ae_title) VALUES (?, ?, ?)",
+                             [(i, i, f"ROOM{i % 40}") for i in ids])
+
+
+@pytest.mark.parametrize("keys, first_step", [
+    (dict(PatientID="P77"), "SEARCH patients USING"),
+    (dict(AccessionNumber="A77"), "SEARCH orders USING INDEX ix_orders_accession"),
+    (dict(PatientName="N0007*"), "ix_patients_name"),
+    (dict(sps={"Modality": "CT", "ScheduledProcedureStepStartDate": "20261203"}),
+     "SEARCH procedure_steps USING INDEX ix_steps_modality_start"),
+    (dict(sps={"ScheduledStationAETitle": "ROOM7"}), "ix_step_stations_ae_title"),
+    (dict(sps={"ScheduledProcedureStepID": "S77"}), "SEARCH procedure_steps USING INDEX ix_procedure_steps_sps_id"),
+])
+def test_selective_queries_use_their_index_without_statistics(engine, read_factory, config, keys, first_step):
+    """A fresh or just loaded SQLite database has no planner statistics: the selective key must drive the plan
+    anyway, never the status index over every step (docs/performance.md)."""
+    from app.queries.worklist import build_query
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's planner without statistics")
+    _bulk_steps(engine, 1, 3000)
+    with read_factory() as session:
+        assert session.connection().exec_driver_sql(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").scalar() == 0
+        sql = build_query(session, query_from_identifier(identifier(**keys), config)).compile(
+            engine, compile_kwargs={"literal_binds": True})
+        plan = [r[-1] for r in session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any(first_step in step for step in plan[:3]), plan
+    assert not any("ix_steps_status_start" in step or step.startswith("SCAN procedure_steps") for step in plan), plan
+
+
+def test_statistics_are_refreshed_after_growth(engine):
+    """app.db.refresh_statistics (run every minute by the scheduler) analyzes a database without statistics,
+    then again only once the steps have grown by a fifth."""
+    from app.db import refresh_statistics
+
+    if engine.dialect.name != "sqlite":
+        assert refresh_statistics(engine) is False              # autovacuum's job on PostgreSQL
+        return
+    assert refresh_statistics(engine) is True                   # no statistics at all yet
+    _bulk_steps(engine, 1, 1000)
+    assert refresh_statistics(engine) is True                   # rows, but none counted
+    assert refresh_statistics(engine) is False
+    _bulk_steps(engine, 1001, 1150)                             # +15 %
+    assert refresh_statistics(engine) is False
+    _bulk_steps(engine, 1151, 1300)                             # +30 % since the last ANALYZE
+    assert refresh_statistics(engine) is True
+    assert refresh_statistics(engine) is False
