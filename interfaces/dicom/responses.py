@@ -19,6 +19,7 @@ answered with whole items (C.2.2.2.6).
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -133,12 +134,12 @@ class AnswerPlan:
     def answer(self, source, charset: tuple[str, ...], implicit: bool = True, little: bool = True) -> Dataset:
         """The answer for ``source``, ready for pynetdicom: in ``charset`` when that can encode every text of it,
         else in ISO_IR 192."""
-        w = _Writer(implicit, little)
+        w = _writer(implicit, little)
         try:
             values, used = self.values(source, w, encoder(charset)), "\\".join(charset)
         except UnicodeEncodeError:
             values, used = self.values(source, w, encoder((UTF8,))), UTF8
-        return as_dataset(used, values, implicit, little)
+        return as_dataset(used, values, implicit, little, w)
 
     def values(self, source, w: "_Writer", text: Callable[[str], bytes]) -> list[tuple[int, str, bytes]]:
         """(tag, VR, encoded value) of each element of the answer for ``source``, in tag order."""
@@ -193,6 +194,11 @@ def _value_bytes(value, vr: str, text: Callable[[str], bytes]) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=4)
+def _writer(implicit: bool, little: bool) -> "_Writer":
+    return _Writer(implicit, little)
+
+
 class _Writer:
     """Element and item headers of one transfer syntax (PS3.5 7.1.2, 7.1.3, 7.5)."""
 
@@ -216,16 +222,30 @@ class _Writer:
         return self._item_head + self._ul(len(content)) + content
 
 
-def as_dataset(charset: str, values: list[tuple[int, str, bytes]], implicit: bool, little: bool) -> Dataset:
-    """A Dataset that pydicom (pynetdicom's encode) writes as Specific Character Set + ``values``, unchanged:
-    pydicom writes the raw elements of a data set whose original encoding is the one being written without
-    decoding them."""
-    ds = Dataset()
+class EncodedAnswer(Dataset):
+    """An answer that knows its own encoding: a Dataset of raw elements (what any pydicom code reads), plus the
+    bytes of the whole Identifier in the transfer syntax it was written for, which pynetdicom sends as they are
+    (interfaces.dicom.sending)."""
+
+    encoded: tuple[bool, bool, bytes] | None = None      # (implicit VR, little endian, bytes)
+
+
+def as_dataset(charset: str, values: list[tuple[int, str, bytes]], implicit: bool, little: bool,
+               writer: "_Writer | None" = None) -> EncodedAnswer:
+    """The answer of Specific Character Set + ``values``. pydicom writes the raw elements of a data set whose
+    original encoding is the one being written without decoding them, so even without interfaces.dicom.sending
+    the bytes go out unchanged."""
+    ds = EncodedAnswer()
     charset_value = charset.encode("ascii")
     if len(charset_value) % 2:
         charset_value += b" "
-    for tag, vr, value in ((_CHARSET_TAG, "CS", charset_value), *values):
+    elements = ((_CHARSET_TAG, "CS", charset_value), *values)
+    for tag, vr, value in elements:
         tag = BaseTag(tag)
         ds._dict[tag] = RawDataElement(tag, None if implicit else vr, len(value), value, 0, implicit, little)
     ds.set_original_encoding(implicit, little, convert_encodings(charset.split("\\")))
+    w = writer or _writer(implicit, little)
+    object.__setattr__(ds, "encoded", (implicit, little, b"".join(w.element(*e) for e in elements)))
     return ds
+
+

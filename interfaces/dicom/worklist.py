@@ -57,7 +57,7 @@ from pydicom.dataset import Dataset
 
 from app.db import unit_of_work
 from app.models import StepStatus
-from app.queries.worklist import CodeKey, Text, WorklistItem, WorklistQuery, find_worklist_items
+from app.queries.worklist import CodeKey, WorklistItem, WorklistQuery, find_worklist_items
 from config.settings import SettingsError
 from interfaces.dicom import statuses
 from interfaces.dicom.matching import check_identifier, date_time_range, sequence_item, text_key, uid_list
@@ -273,11 +273,13 @@ class CancelWatch:
     """Whether the SCU has cancelled the C-FIND, without letting the answers run ahead of the socket.
 
     pynetdicom's DUL thread sends or reads, one per turn, and reads only when nothing waits to be sent.
-    Before each answer: if more than :attr:`WINDOW` messages wait, wait (bounded) until fewer do; if the
-    peer has sent something (a C-CANCEL-FIND-RQ, PS3.7 9.3.2.3), wait until the DUL has sent what waits and
-    read it, then look for the cancel."""
+    Before each answer: if more than :attr:`WINDOW` primitives wait, wait (bounded) until half as many do (the
+    DUL never runs dry, which would cost it a 1 ms nap); if the peer has sent something (a C-CANCEL-FIND-RQ,
+    PS3.7 9.3.2.3), wait until the DUL has sent what waits and read it, then look for the cancel. So once the
+    cancel has arrived at most WINDOW primitives follow it (answers already on their way to the SCU arrive too:
+    with findscu --cancel 3 over 300 items, 5 to 45 answers in all)."""
 
-    WINDOW = 8
+    WINDOW = 32        # P-DATA primitives (an answer is two: command set and Identifier)
     DRAIN_S = 5.0      # at most this long for the queued answers to go out
     READ_S = 0.5       # at most this long for the DUL to read and decode what the peer sent
 
