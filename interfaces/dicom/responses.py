@@ -72,7 +72,7 @@ def declare_character_set(ds: Dataset, charset: str) -> None:
     ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
 
 
-def _encode_texts(ds: Dataset, text: Callable[[str], bytes]) -> None:
+def _encode_texts(ds: Dataset, text: Callable[[str, bool], bytes]) -> None:
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value:
@@ -141,7 +141,7 @@ class AnswerPlan:
             values, used = self.values(source, w, encoder((UTF8,))), UTF8
         return as_dataset(used, values, implicit, little, w)
 
-    def values(self, source, w: "_Writer", text: Callable[[str], bytes]) -> list[tuple[int, str, bytes]]:
+    def values(self, source, w: "_Writer", text: Callable[[str, bool], bytes]) -> list[tuple[int, str, bytes]]:
         """(tag, VR, encoded value) of each element of the answer for ``source``, in tag order."""
         out = []
         for e in self.entries:
@@ -178,17 +178,18 @@ def _vr(tag: int, elem: DataElement | None) -> str:
     return vr if len(vr) == 2 else vr[:2]                 # "US or SS": the first (empty anyway)
 
 
-def _value_bytes(value, vr: str, text: Callable[[str], bytes]) -> bytes:
-    if value is None or value == "" or value == []:
+def _value_bytes(value, vr: str, text: Callable[[str, bool], bytes]) -> bytes:
+    """The encoded value (padded to even length) of a str, a list of str (several values) or None."""
+    if not value:
         return b""
-    values = value if isinstance(value, (list, tuple)) else (value,)
-    if vr == "PN":
-        data = b"\\".join(b"=".join(b"^".join(text(c) for c in group.split("^")) for group in str(v).split("="))
-                          for v in values)
+    if not isinstance(value, str):
+        value = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    if value.isascii():
+        data = value.encode("ascii")
     elif vr in _TEXT_VRS:
-        data = b"\\".join(text(str(v)) for v in values)
-    else:
-        data = "\\".join(str(v) for v in values).encode("ascii")
+        data = text(value, vr == "PN")
+    else:                      # a default-repertoire VR holding other characters: only UTF-8 can carry it
+        raise UnicodeEncodeError("ascii", value, 0, len(value), f"not in the default repertoire (VR {vr})")
     if len(data) % 2:
         data += b"\0" if vr == "UI" else b" "
     return data

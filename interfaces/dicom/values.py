@@ -22,6 +22,7 @@ initial set. A multi-byte set (ISO 2022 IR 87, 159, 149, 58) can therefore not b
 from __future__ import annotations
 
 import functools
+import re
 from typing import Callable
 
 from pydicom.dataset import Dataset
@@ -90,22 +91,38 @@ def parse_character_set(value: str | list | tuple | None) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def encoder(terms: tuple[str, ...]) -> Callable[[str], bytes]:
-    """The strict encoder of one text value or Person Name component (no delimiters inside) in ``terms``."""
+def encoder(terms: tuple[str, ...]) -> Callable[[str, bool], bytes]:
+    """The strict encoder of a whole text value (``\\`` between values; ``^`` and ``=`` in a Person Name, when
+    ``person_name``) in the declared set ``terms``. The delimiters are ASCII in every set without code
+    extensions, so such a value is encoded in one piece; with code extensions each part between delimiters
+    is encoded on its own (PS3.5 6.1.2.5.3: the initial sets are active again before each delimiter)."""
     if terms == ("",) or len(terms) == 1 and terms[0] in _WITHOUT_EXTENSIONS:
         codec = "ascii" if terms == ("",) else _WITHOUT_EXTENSIONS[terms[0]]
         if codec == "shift_jis":                            # ISO_IR 13: JIS X 0201, one byte per character
             accept = _in_repertoire(terms[0])
 
-            def encode_jis_x_0201(value: str) -> bytes:
+            def encode_jis_x_0201(value: str, person_name: bool = False) -> bytes:
                 for i, ch in enumerate(value):
                     if not accept(ch):
                         raise UnicodeEncodeError("dicom", value, i, i + 1, "not in ISO_IR 13")
                 return value.encode(codec)
 
             return encode_jis_x_0201
-        return lambda value: value.encode(codec)
-    return _Iso2022Encoder(terms).encode
+        return lambda value, person_name=False: value.encode(codec)
+    part = _Iso2022Encoder(terms).encode
+
+    def encode_with_extensions(value: str, person_name: bool = False) -> bytes:
+        if value.isascii():
+            return value.encode("ascii")
+        pieces = _DELIMITED_PN.split(value) if person_name else value.split("\\")
+        if not person_name:
+            return b"\\".join(part(p) for p in pieces)
+        return b"".join(p.encode("ascii") if p in ("^", "=", "\\") else part(p) for p in pieces)
+
+    return encode_with_extensions
+
+
+_DELIMITED_PN = re.compile(r"([\\^=])")
 
 
 class _Iso2022Encoder:
