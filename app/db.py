@@ -55,6 +55,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM matching is case sensitive, as on PostgreSQL
             cur.close()
+            # SQLite's own lower() folds ASCII only; case-insensitive name matching needs every script.
+            dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # noqa: ANN001
@@ -64,6 +66,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         return _plain_savepoints(engine)
     return _plain_savepoints(create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True))
+
+
+def _lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
@@ -87,20 +93,32 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def refresh_statistics(engine: Engine) -> None:
-    """Give the query planner fresh table statistics (SQLite ANALYZE, PostgreSQL ANALYZE).
+def refresh_statistics(engine: Engine, *, growth: float = 0.2) -> bool:
+    """Give the query planner fresh table statistics (SQLite ANALYZE) when they are missing or stale; True if
+    it ran.
 
-    Without them SQLite plans a selective worklist query (one patient among 50,000 steps) by walking the
-    status/start index over every step (430 ms instead of 0.3 ms measured, docs/performance.md). SQLite's
-    ``analysis_limit`` keeps ANALYZE to a sample of each index, so it stays fast on a large database.
-    Run by a scheduler job on SQLite; on PostgreSQL autovacuum does the same on its own schedule, so this
-    does nothing there.
+    Without them SQLite may plan a worklist query badly (docs/performance.md; app.queries.worklist shapes the
+    selective queries so that they do not depend on it). Stale means: the scheduled steps have grown by more
+    than ``growth`` since the row count ANALYZE recorded in sqlite_stat1, so the check is cheap enough to run
+    every minute and a database that is being loaded gets statistics within a minute of each growth step.
+    SQLite's ``analysis_limit`` keeps ANALYZE to a sample of each index, so it stays fast on a large database.
+    Run by a scheduler job; on PostgreSQL autovacuum does the same on its own schedule, so this does nothing
+    there.
     """
     if engine.dialect.name != "sqlite":
-        return
+        return False
     with engine.begin() as conn:
+        steps = conn.exec_driver_sql("SELECT max(id) FROM procedure_steps").scalar() or 0
+        has_table = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'").first()
+        recorded = conn.exec_driver_sql(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = 'procedure_steps' LIMIT 1").scalar() if has_table else None
+        counted = int(recorded.split()[0]) if recorded else 0
+        if has_table and steps <= counted * (1 + growth) and (recorded or not steps):
+            return False
         conn.exec_driver_sql("PRAGMA analysis_limit=1000")
         conn.exec_driver_sql("ANALYZE")
+    return True
 
 
 def alembic_config(url: str):

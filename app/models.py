@@ -127,7 +127,11 @@ class LinkStatus(str, enum.Enum):
 # Patients ------------------------------------------------------------------------------------
 class Patient(Base):
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_key"),)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "issuer", name="uq_patient_key"),
+        # Worklist and Q/R name keys ("SMI*": LIKE with a literal prefix; text_pattern_ops for PostgreSQL's LIKE)
+        Index("ix_patients_name", "name", postgresql_ops={"name": "text_pattern_ops"}),
+    )
 
     id: Mapped[intpk]
     patient_id: Mapped[ident]

@@ -96,6 +96,17 @@ class Settings:
         "Procedure step statuses a modality sees in the worklist.", ("SCHEDULED", "ARRIVED", "READY")
     )
     worklist_max_results: int = _doc("Most C-FIND worklist answers per query (0 = no limit).", 0)
+    worklist_names_case_insensitive: bool = _doc(
+        "Match person names in worklist queries without regard to case (PS3.4 C.2.2.2.1 allows both).", False)
+    worklist_filter_calling_aet: bool = _doc(
+        "A modality sees only the steps scheduled on its own AE title (or on the stations its aliases name).",
+        False)
+    worklist_calling_aet_aliases: tuple[str, ...] = _doc(
+        "With the calling AE filter: the station AE titles a calling AE also sees, comma separated "
+        "CALLING_AET=STATION_AET|STATION_AET entries.", ())
+    worklist_unassigned_station_aet: str = _doc(
+        "Scheduled Station AE Title answered for a step scheduled on no station (the key is Type 1).",
+        "UNASSIGNED")
     dicom_specific_character_set: str = _doc(
         "Character set of worklist answers: 'ISO_IR 192' (UTF-8) encodes every script.", "ISO_IR 192"
     )

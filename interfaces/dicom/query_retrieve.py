@@ -51,9 +51,10 @@ from app.queries.archive import ArchiveQuery, ArchiveRecord, Level, StoredInstan
 from app.queries.worklist import DateTimeRange, Text
 from app.storage import ArchiveStore
 from interfaces.dicom import statuses
-from interfaces.dicom.matching import parse_date, parse_time, single, text_key, uid_list, value_range
+from interfaces.dicom.matching import check_identifier, parse_date, parse_time, single, text_key, uid_list, \
+    value_range
 from interfaces.dicom.network import KnownAE, set_tcp_nodelay
-from interfaces.dicom.responses import render
+from interfaces.dicom.responses import declare_character_set, render
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def identifier_response(record: ArchiveRecord, request: Dataset, settings) -> Da
     response = render(request, _TEMPLATE, record)
     response.QueryRetrieveLevel = record.level.value
     response.RetrieveAETitle = settings.dicom_aet
-    response.SpecificCharacterSet = settings.dicom_specific_character_set
+    declare_character_set(response, settings.dicom_specific_character_set)
     return response
 
 
@@ -209,6 +210,7 @@ def handle_find(event, read_factory, settings) -> Iterator[tuple]:
     """EVT_C_FIND for the Q/R models: one pending response per match (PS3.4 C.4.1.3)."""
     try:
         request = event.identifier
+        check_identifier(request)
         query = query_from_identifier(request, event.request.AffectedSOPClassUID)
         counts = any(elem.keyword in _COUNT_KEYS for elem in request)
         with unit_of_work(read_factory) as session:

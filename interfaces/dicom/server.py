@@ -32,11 +32,12 @@ the associations the AE requests itself (C-MOVE destinations, storage commitment
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
 from pydicom import uid
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config as pynetdicom_config, evt
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
@@ -47,7 +48,7 @@ from pynetdicom.sop_class import (
 from app.services.archive import ResentPolicy
 from app.storage import ArchiveStore
 from config.settings import SettingsError
-from interfaces.dicom import commitment, mpps, query_retrieve, statuses, storage, worklist
+from interfaces.dicom import commitment, mpps, query_retrieve, sending, statuses, storage, worklist
 from interfaces.dicom.network import bind_caller_check, known_aes, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,42 @@ def route_find(worklist_find, archive_find):
     return handle_find
 
 
+class ContextsCopiedCheaply(list):
+    """The server's supported presentation contexts, as pynetdicom copies them for each new association.
+
+    pynetdicom deep-copies the acceptor's supported contexts for every association (``deepcopy`` in
+    ``RequestHandler._create_association``). With every storage SOP Class and its 13 transfer syntaxes that is
+    about 2,000 pydicom UIDs, each rebuilt and validated by a regular expression: 30 ms of CPU before an
+    association can even answer (docs/performance.md). A UID is an immutable string, so a copy of each
+    context with its own list of the same UIDs is an equal and independent copy, made in a fraction of that."""
+
+    def __deepcopy__(self, memo):
+        copies = []
+        for context in self:
+            duplicate = copy.copy(context)
+            duplicate._transfer_syntax = list(context._transfer_syntax)
+            copies.append(duplicate)
+        return copies
+
+
+def quiet_pynetdicom() -> None:
+    """Unless the pynetdicom logger is on (INFO or lower), keep pynetdicom from formatting what it would log:
+    its standard handlers build a text of every DIMSE message, and it renders every C-FIND request and
+    response Identifier as text (``pretty_dataset``) even when nothing is logged - for a worklist answer,
+    more time than building the answer itself (docs/performance.md)."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
 class DicomServer:
     """The AE listening on ``settings.host``:``settings.dicom_port`` (0 = any free port, see :attr:`port`)."""
 
     def __init__(self, settings, session_factory, read_factory, store: ArchiveStore):
+        quiet_pynetdicom()
+        sending.install()
         self.settings = settings
         self.known_aes = known_aes(settings.dicom_known_aes)
         try:
@@ -137,6 +170,7 @@ class DicomServer:
             raise RuntimeError("DICOM server already started")
         self._server = self.ae.start_server((self.settings.host, self.settings.dicom_port), block=False,
                                             evt_handlers=self.handlers)
+        self._server.contexts = ContextsCopiedCheaply(self._server.contexts)
         log.debug("DICOM AE %s listening on %s:%d", self.settings.dicom_aet, self.settings.host, self.port)
 
     @property

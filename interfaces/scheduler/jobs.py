@@ -54,11 +54,11 @@ def prune_messages(session_factory, retention_days: float, include_errors: bool 
 
 
 def refresh_statistics(session_factory) -> None:
-    """Fresh planner statistics for SQLite (app.db.refresh_statistics), so that worklist queries stay indexed
-    as the database grows."""
+    """Fresh planner statistics for SQLite when they are missing or stale (app.db.refresh_statistics), so that
+    worklist queries stay indexed as the database grows; checked every minute."""
     started = time.perf_counter()
-    db.refresh_statistics(session_factory.kw["bind"])
-    log.debug("database statistics refreshed in %.0f ms", (time.perf_counter() - started) * 1000)
+    if db.refresh_statistics(session_factory.kw["bind"]):
+        log.debug("database statistics refreshed in %.0f ms", (time.perf_counter() - started) * 1000)
 
 
 def dispatch_outbox(dispatcher) -> int:
@@ -75,8 +75,8 @@ def make_scheduler(settings, session_factory, intake, dispatcher=None) -> Backgr
                       args=(session_factory, settings.message_retention_days,
                             settings.message_retention_include_errors),
                       id="prune_messages", next_run_time=now + dt.timedelta(minutes=5))
-    scheduler.add_job(refresh_statistics, "interval", minutes=10, args=(session_factory,),
-                      id="refresh_statistics", next_run_time=now + dt.timedelta(minutes=2))
+    scheduler.add_job(refresh_statistics, "interval", minutes=1, args=(session_factory,),
+                      id="refresh_statistics", next_run_time=now + dt.timedelta(seconds=30))
     if dispatcher is not None:
         scheduler.add_job(dispatch_outbox, "interval", seconds=settings.outbox_poll_seconds, args=(dispatcher,),
                           id="dispatch_outbox", next_run_time=now)

@@ -50,8 +50,9 @@ def dcmtk(tool: str) -> str:
 
 def run_dcmtk(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, TCP_NODELAY="1")
-    return subprocess.run([dcmtk(tool), *args], capture_output=True, text=True, timeout=TIMEOUT, env=env,
-                          cwd=cwd)
+    # errors="replace": the tools print received names in their own character set
+    return subprocess.run([dcmtk(tool), *args], capture_output=True, text=True, errors="replace", timeout=TIMEOUT,
+                          env=env, cwd=cwd)
 
 
 def dump_to_dataset(dump: Path, out_dir: Path) -> Dataset:
@@ -143,12 +144,14 @@ def place_from_item(place, item: Dataset) -> str:
 
 
 def findscu(port: int, out_dir: Path, *keys: str, query_file: Path | None = None,
-            called: str = "RIS") -> tuple[subprocess.CompletedProcess, list[Dataset]]:
+            called: str = "RIS", calling: str = "FINDSCU",
+            extra: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
     """DCMTK findscu -W; responses extracted (-X) into a fresh folder and read back with pydicom."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("rsp*.dcm"):
         old.unlink()
-    args = ["-v", "-W", "-aec", called, "-to", "30", "-ta", "30", "-td", "30", "-X", "-od", str(out_dir)]
+    args = ["-v", "-W", "-aec", called, "-aet", calling, "-to", "30", "-ta", "30", "-td", "30", "-X",
+            "-od", str(out_dir), *extra]
     for key in keys:
         args += ["-k", key]
     args += ["127.0.0.1", str(port)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydicom import dcmread
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from interfaces.dicom import statuses
+from interfaces.dicom.server import DicomServer
 from tests.dicom.conftest import (accessions, associate, corpus_file, dump_to_dataset, final_status, findscu,
                                   place_from_item, scu)
 
@@ -151,6 +153,17 @@ def orthanc_station_items(place, tmp_path):
         place_from_item(place, item)
 
 
+@pytest.fixture
+def orthanc_station_items_with_twin(orthanc_station_items, place, tmp_path):
+    """Orthanc's database also holds seq_station_aet_7814_without_sps_sequence (the 7814 item again, without its
+    empty Referenced Study/Patient Sequences): a second order here, under its own accession and study."""
+    item = dump_to_dataset(corpus_file("mwl", "seq_station_aet_7814_without_sps_sequence.dump"), tmp_path)
+    assert "ReferencedStudySequence" not in item and "ReferencedPatientSequence" not in item
+    item.AccessionNumber = "AN123457-C"
+    item.StudyInstanceUID = item.StudyInstanceUID + ".3"
+    place_from_item(place, item)
+
+
 @pytest.mark.parametrize("query, expected", [
     ("query_7814_with_station_aet.dump", ["AN123457"]),
     ("query_7814_sq_undefined_length.dump", ["AN123457"]),         # 'STATION_AET ' (padding) matches
@@ -166,6 +179,63 @@ def test_orthanc_modality_queries(server, orthanc_station_items, tmp_path, query
         wanted = {e.tag for e in request if e.tag.element != 0}
         assert wanted <= {e.tag for e in rsp}, wanted - {e.tag for e in rsp}
         assert rsp.SpecificCharacterSet == "ISO_IR 192"
+
+
+@pytest.mark.parametrize("query", ["query_7814_with_station_aet.dump", "query_7814_sq_undefined_length.dump",
+                                   "query_7814_without_sps_sequence.dump"])
+def test_orthanc_7814_queries_return_both_7814_items(server, orthanc_station_items_with_twin, tmp_path, query):
+    """SOURCES.md: the 7814 queries, with or without sequence lengths, group lengths or the Referenced
+    Study/Patient Sequences, each return the 2 items scheduled at STATION_AET that day (as in Orthanc's tests);
+    the item without those sequences is answered with them empty, as asked."""
+    status, responses = find_file(server, tmp_path, query, "mwl")
+    assert status == "Success"
+    assert accessions(responses) == ["AN123457", "AN123457-C"]
+    request = dcmread(tmp_path / "query.dcm")
+    for rsp in responses:
+        assert {e.tag for e in request if e.tag.element != 0} <= {e.tag for e in rsp}
+        assert rsp.ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "STATION_AET"
+        for keyword in ("ReferencedStudySequence", "ReferencedPatientSequence"):
+            assert (keyword in rsp) == (keyword in request)
+
+
+@pytest.mark.parametrize("charset, encoded", [("ISO_IR 100", "TESTÉ^ÉLODIE".encode("latin-1")),
+                                              ("ISO_IR 192", "TESTÉ^ÉLODIE".encode("utf-8"))])
+def test_issue49_latin1_item_with_a_query_without_charset(server_with_charset, place, tmp_path, charset, encoded):
+    """issue49_latin1_synthetic.wl (Orthanc issue 49): a query without (0008,0005) gets the ISO_IR 100 item back
+    with its character set declared; in ISO_IR 100 the 0xC9 bytes stay Latin-1, in ISO_IR 192 they are UTF-8."""
+    item = dcmread(corpus_file("mwl", "issue49_latin1_synthetic.wl"))
+    assert item.SpecificCharacterSet == "ISO_IR 100" and "É" in str(item.PatientName)
+    sps = item.ScheduledProcedureStepSequence[0]
+    place(item.AccessionNumber, patient_id=item.PatientID, name=str(item.PatientName), sex=item.PatientSex,
+          birth_date=dt.date(1952, 11, 3), modality=sps.Modality, aets=(),
+          start=dt.datetime.strptime(sps.ScheduledProcedureStepStartDate + sps.ScheduledProcedureStepStartTime,
+                                     "%Y%m%d%H%M%S"),
+          study_uid=item.StudyInstanceUID, procedure_description=item.RequestedProcedureDescription,
+          step_description=sps.ScheduledProcedureStepDescription, requesting=str(item.RequestingPhysician))
+    srv = server_with_charset(charset)
+    status, responses = find_file(srv, tmp_path, "issue49_query_pn_star_no_charset.dump", "mwl")
+    assert status == "Success"
+    (rsp,) = responses
+    assert rsp.SpecificCharacterSet == charset
+    assert str(rsp.PatientName) == "TESTÉ^ÉLODIE^^^Mme"
+    raw = (tmp_path / "rsp" / "rsp0001.dcm").read_bytes()
+    assert encoded in raw
+
+
+@pytest.fixture
+def server_with_charset(settings, session_factory, read_factory, store):
+    started = []
+
+    def _start(charset):
+        srv = DicomServer(replace(settings, dicom_specific_character_set=charset), session_factory, read_factory,
+                          store)
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield _start
+    for srv in started:
+        srv.stop()
 
 
 def test_orthanc_query_without_sps_sequence(server, orthanc_station_items, tmp_path):

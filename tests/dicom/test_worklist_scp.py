@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from app.commands import CancelOrder, Cause, OrderRef
 from app.db import unit_of_work
 from app.services.dispatch import apply_command
 from interfaces.dicom import statuses
+from interfaces.dicom.server import DicomServer
 from tests.dicom.conftest import accessions, associate, final_status, findscu, run_dcmtk, scu
 
 UID = "1.2.826.0.1.3680043.10.999.{}".format
@@ -69,7 +74,11 @@ pytestmark = pytest.mark.dcmtk
     ([SPS + "ScheduledProcedureStepID=SPS-3"], ["ACC-3"]),
     ([f"StudyInstanceUID={UID(1)}\\{UID(3)}"], ["ACC-1", "ACC-3"]),   # list of UID matching
     (["AccessionNumber=ACC-4"], []),                                  # cancelled: not in the worklist
-    (["PatientID=P-1", "PatientBirthDate=19990101", "MedicalAlerts=none"], ["ACC-1"]),  # unsupported: ignored
+    (["PatientID=P-1", "MedicalAlerts=none", "AdmissionID=ADM*"], ["ACC-1"]),   # no data held: return keys only
+    (["PatientID=P-1", "PatientBirthDate=19990101"], []),            # matched: an unknown birth date never matches
+    (["PatientSex=F"], []),
+    (["RequestedProcedureDescription=CT*"], ["ACC-1", "ACC-3"]),     # the modality stands in (no code given)
+    ([SPS + "ScheduledProcedureStepStartTime=1300-0900"], ["ACC-2", "ACC-3"]),   # across midnight
 ])
 def test_findscu_matching(server, worklist, tmp_out, matching, expected):
     result, responses = find(server, tmp_out, *matching)
@@ -168,3 +177,166 @@ def test_pynetdicom_malformed_keys_fail_consistently(server, worklist, build):
         results = c_find(server, build())
         assert [r[0] for r in results] == [statuses.IDENTIFIER_DOES_NOT_MATCH]
         assert results[0][1] is None
+
+
+# Settings that change the AE: a server of their own ----------------------------------------------------------
+@pytest.fixture
+def server_with(settings, session_factory, read_factory, store):
+    """server_with(**settings) -> a started AE with those settings on top of the test's (stopped at the end)."""
+    started = []
+
+    def _start(**changes):
+        srv = DicomServer(replace(settings, **changes), session_factory, read_factory, store)
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield _start
+    for srv in started:
+        srv.stop()
+
+
+def query_file(path, **keys) -> Path:
+    """A query file as a modality would send it (pydicom encodes the names in the declared character set)."""
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    ds.AccessionNumber = ds.get("AccessionNumber", "")
+    sps = Dataset()
+    sps.Modality = ""
+    ds.ScheduledProcedureStepSequence = Sequence([sps])
+    ds.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    return path
+
+
+@pytest.fixture
+def names(place):
+    place("ACC-J", patient_id="P-J", name="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    place("ACC-L", patient_id="P-L", name="MÜLLER^GRÉTA")
+    place("ACC-C", patient_id="P-C", name="ИВАНОВ^ИВАН")
+
+
+JAPANESE = ["", "ISO 2022 IR 87"]
+
+
+@pytest.mark.parametrize("answer_charset, query_charset, pattern, expected", [
+    ("ISO_IR 100", "ISO_IR 100", "MÜLLER*", {"ACC-L": ("ISO_IR 100", "MÜLLER^GRÉTA".encode("latin-1"))}),
+    ("ISO_IR 100", JAPANESE, "*山田*", {"ACC-J": ("ISO_IR 192", "山田".encode("utf-8"))}),
+    ("ISO_IR 192", "ISO_IR 192", "*ИВАН*", {"ACC-C": ("ISO_IR 192", "ИВАНОВ".encode("utf-8"))}),
+    ("ISO_IR 192", "ISO_IR 100", "*É*", {"ACC-L": ("ISO_IR 192", "GRÉTA".encode("utf-8"))}),
+    ("\\ISO 2022 IR 87", JAPANESE, "Yamada^Tarou=山田^太郎=やまだ^たろう",
+     {"ACC-J": ("\\ISO 2022 IR 87", b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=")}),
+    ("\\ISO 2022 IR 87", "ISO_IR 192", "*ИВАН*", {"ACC-C": ("\\ISO 2022 IR 87", b"\x1b$B'*'#'!'/\x1b(B")}),
+    ("\\ISO 2022 IR 87", "ISO_IR 100", "M*", {"ACC-L": ("ISO_IR 192", "MÜLLER".encode("utf-8"))}),
+])
+def test_character_sets_with_findscu(server_with, names, tmp_path, answer_charset, query_charset, pattern, expected):
+    """B4: queries in ISO_IR 100, ISO_IR 192 and ISO 2022 IR 87 are read in their character set; answers are in the
+    configured set when it holds the name, else in ISO_IR 192, and DCMTK reads the same name back (+U8)."""
+    srv = server_with(dicom_specific_character_set=answer_charset)
+    query = query_file(tmp_path / "q.dcm", SpecificCharacterSet=query_charset, PatientName=pattern)
+    result, responses = findscu(srv.port, tmp_path / "rsp", query_file=query)
+    assert final_status(result) == "Success", result.stdout + result.stderr
+    assert accessions(responses) == sorted(expected)
+    for number, rsp in enumerate(sorted(responses, key=lambda r: r.AccessionNumber)):
+        declared, encoded = expected[rsp.AccessionNumber]
+        charset = rsp.SpecificCharacterSet
+        assert (charset if isinstance(charset, str) else "\\".join(charset)) == declared
+        path = next(p for p in (tmp_path / "rsp").glob("rsp*.dcm") if dcmread(p).AccessionNumber == rsp.AccessionNumber)
+        assert encoded in path.read_bytes()
+        name = {"ACC-J": "Yamada^Tarou=山田^太郎=やまだ^たろう", "ACC-L": "MÜLLER^GRÉTA",
+                "ACC-C": "ИВАНОВ^ИВАН"}[rsp.AccessionNumber]
+        if "ISO 2022" in declared:     # Debian's DCMTK (iconv) cannot convert ISO 2022 IR 87: Python's codec reads it
+            raw = dcmread(path).get_item(0x00100010).value
+            assert raw.rstrip(b" ").decode("iso2022_jp") == name
+        else:                          # DCMTK reads the same name back
+            dump = run_dcmtk("dcmdump", "+U8", str(path))
+            assert dump.returncode == 0, dump.stderr
+            assert f"[{name}]" in dump.stdout
+        assert str(rsp.PatientName) == name
+
+
+@pytest.mark.parametrize("answer_charset", ["ISO_IR 100", "ISO_IR 192", "\\ISO 2022 IR 87"])
+def test_character_sets_with_pynetdicom(server_with, names, answer_charset):
+    srv = server_with(dicom_specific_character_set=answer_charset)
+    results = c_find(srv, mwl_query(SpecificCharacterSet=JAPANESE, PatientName="*"))
+    got = {r[1].AccessionNumber: (r[1].SpecificCharacterSet, str(r[1].PatientName)) for r in results[:-1]}
+    declared = "ISO_IR 192" if answer_charset == "ISO_IR 100" else answer_charset
+    assert got["ACC-J"] == ((JAPANESE if declared == "\\ISO 2022 IR 87" else declared),
+                            "Yamada^Tarou=山田^太郎=やまだ^たろう")
+    assert got["ACC-L"][1] == "MÜLLER^GRÉTA" and got["ACC-C"][1] == "ИВАНОВ^ИВАН"
+    assert got["ACC-L"][0] == ("ISO_IR 192" if answer_charset == "\\ISO 2022 IR 87" else answer_charset)
+
+
+def test_answers_in_every_transfer_syntax(server, worklist):
+    """Answers are written in the transfer syntax of the presentation context (PS3.5 7.1), sequences included."""
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian):
+        ae = scu((ModalityWorklistInformationFind, [syntax]))
+        assoc = associate(ae, server.port)
+        try:
+            item = Dataset()
+            item.ScheduledStationAETitle = ""
+            item.ScheduledProcedureStepStartDate = ""
+            results = [(s.Status, ds) for s, ds in assoc.send_c_find(
+                mwl_query(PatientID="P-1", ScheduledProcedureStepSequence=Sequence([item])),
+                ModalityWorklistInformationFind)]
+        finally:
+            assoc.release()
+        assert [r[0] for r in results] == [statuses.PENDING, statuses.SUCCESS], syntax
+        rsp = results[0][1]
+        assert (rsp.AccessionNumber, str(rsp.PatientName)) == ("ACC-1", "MÜLLER^GRÉTA")
+        assert list(rsp.ScheduledProcedureStepSequence[0].ScheduledStationAETitle) == ["CT_ROOM1", "CT_ROOM2"]
+
+
+def test_calling_aet_filter_with_aliases(server_with, worklist, tmp_out):
+    srv = server_with(worklist_filter_calling_aet=True, worklist_calling_aet_aliases=("CT_CONSOLE=CT_ROOM2",))
+    for calling, expected in (("CT_ROOM1", ["ACC-1", "ACC-3"]), ("CT_CONSOLE", ["ACC-1"]), ("MR_ROOM1", ["ACC-2"]),
+                              ("OTHER", [])):
+        result, responses = findscu(srv.port, tmp_out, "AccessionNumber", "PatientName", calling=calling)
+        assert final_status(result) == "Success"
+        assert accessions(responses) == expected, calling
+
+
+@pytest.fixture
+def long_worklist(session_factory, settings):
+    """300 scheduled steps, placed in one transaction through the core."""
+    from app.commands import OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
+
+    with unit_of_work(session_factory) as session:
+        for n in range(300):
+            apply_command(session, PlaceOrder(
+                patient=PatientData(patient_id=f"P-{n}", name=f"LONG^LIST{n}"),
+                order=OrderData(ref=OrderRef(placer_order_number=f"PL-{n}"), accession_number=f"L-{n:03d}",
+                                procedures=(ProcedureData(requested_procedure_id="", study_instance_uid="", steps=(
+                                    StepData(sps_id="", modality="CT", station_aets=("CT_ROOM1",),
+                                             scheduled_start=dt.datetime(2024, 3, 12, 8) + dt.timedelta(minutes=n)),
+                                ),),))), Cause("test"), uid_root=settings.uid_root)
+
+
+def test_findscu_cancel_stops_the_answers(server, long_worklist, tmp_out):
+    """C-CANCEL (PS3.7 9.1.5): DCMTK findscu --cancel 3 gets a few answers, then Cancel - not all 300."""
+    for _ in range(3):                            # not by luck: every time
+        result, responses = findscu(server.port, tmp_out, "AccessionNumber", "PatientName",
+                                    f"{SPS}Modality=CT", extra=("--cancel", "3"))
+        assert result.returncode == 0, result.stderr
+        assert "Cancel" in final_status(result), final_status(result)
+        assert 3 <= len(responses) < 300 // 2, len(responses)
+
+
+def test_pynetdicom_cancel_stops_the_answers(server, long_worklist):
+    assoc = associate(scu(ModalityWorklistInformationFind, Verification), server.port)
+    try:
+        context_id = next(c.context_id for c in assoc.accepted_contexts
+                          if c.abstract_syntax == ModalityWorklistInformationFind)
+        answers, final = 0, None
+        for status, ds in assoc.send_c_find(mwl_query(), ModalityWorklistInformationFind, msg_id=41):
+            if status.Status == statuses.PENDING:
+                answers += 1
+                if answers == 2:
+                    assoc.send_c_cancel(41, context_id)
+            else:
+                final = status.Status
+        assert final == statuses.CANCEL
+        assert 2 <= answers < 300 // 2, answers
+        assert assoc.send_c_echo().Status == statuses.SUCCESS          # the association goes on
+    finally:
+        assoc.release()

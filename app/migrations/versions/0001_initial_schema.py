@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 22:27:20.210588
+Create Date: 2026-12-04 04:52:52.779113
 """
 from alembic import op
 import sqlalchemy as sa
@@ -98,6 +98,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patients_merged_into_fk'), ['merged_into_fk'], unique=False)
+        batch_op.create_index('ix_patients_name', ['name'], unique=False, postgresql_ops={'name': 'text_pattern_ops'})
 
     op.create_table('resource_versions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -536,6 +537,7 @@ def downgrade() -> None:
     op.drop_table('resources')
     op.drop_table('resource_versions')
     with op.batch_alter_table('patients', schema=None) as batch_op:
+        batch_op.drop_index('ix_patients_name', postgresql_ops={'name': 'text_pattern_ops'})
         batch_op.drop_index(batch_op.f('ix_patients_merged_into_fk'))
 
     op.drop_table('patients')
