@@ -394,6 +394,10 @@ class InboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     processed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     duration_ms: Mapped[Optional[float]] = mapped_column(Float)
+    # A RECEIVED message the recovery job took on (app.services.messages.claim): who, and until when nobody else
+    # may (a lease, so a job that died leaves it to the next one).
+    claimed_by: Mapped[str] = mapped_column(String(128), nullable=False, default="", server_default="")
+    claimed_until: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
 
 
 # Appointments and reports --------------------------------------------------------------------

@@ -203,7 +203,7 @@ def _start_lifecycles(session: Session, procedures, cause: Cause) -> None:
     for proc in procedures:
         lifecycle.begin(session, proc, cause)
         _schedule_open_steps(session, proc, cause)
-        lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+        scheduling.settle(session, proc, cause)   # the one owner of ORDERED -> SCHEDULED
 
 
 def _schedule_open_steps(session: Session, proc: RequestedProcedure, cause: Cause) -> None:

@@ -34,8 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.commands import Cause
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (Appointment, AppointmentStatus, Order, ProcedureState, ProcedureStep, Resource, StepStation,
-                        StepStatus)
+from app.models import (Appointment, AppointmentStatus, Order, ProcedureState, ProcedureStep, RequestedProcedure,
+                        Resource, StepStation, StepStatus)
 from app.services import lifecycle
 from app.validation import clip, identifier
 from app.vocabulary import MODALITIES
@@ -160,11 +160,15 @@ def _hours_text(resource: Resource, day: dt.date) -> str:
 
 
 def bookings(session: Session, resource: Resource, start: dt.datetime, end: dt.datetime) -> list[Appointment]:
-    """The BOOKED bookings of ``resource`` overlapping [start, end), by start."""
-    return list(session.scalars(
+    """The BOOKED bookings of ``resource`` overlapping [start, end), by start - the stored ones and those of this
+    unit of work not written yet (the steps of one order are booked before any of them is flushed)."""
+    stored = list(session.scalars(
         select(Appointment).where(Appointment.resource_fk == resource.id, Appointment.status == AppointmentStatus.BOOKED,
                                   Appointment.start < end, Appointment.end > start)
         .order_by(Appointment.start, Appointment.id)))
+    pending = [a for a in session.new if isinstance(a, Appointment) and a.booked_resource is resource
+               and a.status is AppointmentStatus.BOOKED and a.start < end and a.end > start]
+    return sorted(stored + pending, key=lambda a: a.start)
 
 
 def _describe(appointment: Appointment) -> str:
@@ -248,13 +252,17 @@ def _place_step(step: ProcedureStep, resource: Resource, start: dt.datetime) -> 
         step.status = StepStatus.SCHEDULED
 
 
-def _settle(session: Session, step: ProcedureStep, cause: Cause) -> None:
-    """An ORDERED procedure whose steps all have a time and a place is SCHEDULED."""
-    proc = step.procedure
+def settle(session: Session, proc: RequestedProcedure | None, cause: Cause) -> bool:
+    """ORDERED -> SCHEDULED once every step of ``proc`` has a time and is not waiting for a slot (IHE RAD TF-2 4.4
+    RAD-4 "Procedure Scheduled"). The one owner of this transition: order placement, booking and rebooking all
+    call it; it does nothing for a procedure in any other state, so calling it again is harmless. True when it
+    moved the procedure."""
     if proc is None or proc.state is not ProcedureState.ORDERED or not proc.transitions:
-        return
+        return False
     if all(s.scheduled_start is not None and s.status is not StepStatus.UNSCHEDULED for s in proc.steps):
         lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+        return True
+    return False
 
 
 def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.datetime, cause: Cause, *,
@@ -282,8 +290,10 @@ def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.da
             status=AppointmentStatus.BOOKED)
         _place_step(step, resource, start)
     session.add(appointment)
-    _settle(session, step, cause)
-    session.flush()
+    settle(session, step.procedure, cause)
+    proc = step.procedure
+    if proc is None or all(s.scheduled_start is not None for s in proc.steps):
+        session.flush()   # else a sibling step still waits for its slot: written with it (bookings() sees this one)
     return appointment
 
 

@@ -10,34 +10,52 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import time
+import uuid
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from app import db
 from app.db import unit_of_work
-from app.models import MessageStatus, utcnow
-from app.services.messages import finish, prune, unfinished
+from app.models import InboundMessage, MessageStatus, utcnow
+from app.services.messages import claim, finish, prune, unfinished
 
 log = logging.getLogger("interfaces.scheduler")
 
 
-def recover_unfinished_messages(session_factory, intake, *, older_than_s: float = 60.0, limit: int = 100) -> int:
-    """Apply stored messages left in RECEIVED for longer than ``older_than_s``; returns how many.
+def worker_name() -> str:
+    """This process's name in the claims of its jobs: host, process id and a random part."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    Only HL7 v2 messages go to the HL7 intake. A FHIR request left RECEIVED changed nothing (its change and
-    its status commit together, interfaces.fhir.inbound) and its client had no answer: it is marked ERROR."""
+
+def recover_unfinished_messages(session_factory, intake, *, older_than_s: float = 60.0, limit: int = 100,
+                                worker: str | None = None, lease_s: float = 600.0) -> int:
+    """Apply stored messages left in RECEIVED for longer than ``older_than_s``; returns how many this call applied.
+
+    Each message is claimed first (app.services.messages.claim, a compare-and-set committed before it is applied),
+    so of several engines sharing one database exactly one applies it; a claim lasts ``lease_s`` seconds, after which
+    a message whose recoverer died is taken on again. Only HL7 v2 messages go to the HL7 intake. A FHIR request left
+    RECEIVED changed nothing (its change and its status commit together, interfaces.fhir.inbound) and its client had
+    no answer: it is marked ERROR."""
+    worker = worker or worker_name()
     with unit_of_work(session_factory) as session:
-        stale = unfinished(session, utcnow() - dt.timedelta(seconds=older_than_s), limit)
-        ids = [m.id for m in stale if m.transport != "fhir"]
-        for m in stale:
-            if m.transport == "fhir":
-                finish(m, MessageStatus.ERROR, ack=None, ack_code="AE",
+        candidates = [(m.id, m.transport) for m in
+                      unfinished(session, utcnow() - dt.timedelta(seconds=older_than_s), limit)]
+    recovered = 0
+    for msg_id, transport in candidates:
+        with unit_of_work(session_factory) as session:
+            if not claim(session, msg_id, worker, lease_s=lease_s):
+                continue   # another engine took it
+            if transport == "fhir":
+                finish(session.get(InboundMessage, msg_id), MessageStatus.ERROR, ack=None, ack_code="AE",
                        error="the engine stopped before answering this FHIR request; nothing of it was applied")
-    for msg_id in ids:
+                continue
         log.warning("recovering unfinished message %s", msg_id)
         intake.process(msg_id)
-    return len(ids)
+        recovered += 1
+    return recovered
 
 
 def prune_messages(session_factory, retention_days: float) -> int:

@@ -19,7 +19,7 @@ from app.queries import patients as patient_views
 from app.services import audit
 from interfaces.web import web
 from interfaces.web.forms import Form
-from interfaces.web.security import reader, record, requires, settings
+from interfaces.web.security import is_background, reader, record, requires, settings
 
 STEP_STATUSES = tuple(s.value for s in StepStatus)
 MESSAGE_STATUSES = tuple(s.value for s in MessageStatus)
@@ -51,7 +51,7 @@ def board():
             rows = board_views.day_steps(db, day, modality=modality, station=station, status=status)
     for row in rows:
         groups.setdefault((row["modality"], row["station"] or "no station"), []).append(row)
-    if form.ok and request.headers.get("X-RIS-Refresh") != "1":  # the page's own auto refresh is not a new view
+    if form.ok and not is_background():  # the page's own auto refresh is not a new view
         record("view", entity="board", entity_id=day.isoformat(),
                detail=f"{len(rows)} procedures; filters {json.dumps(form.values, ensure_ascii=False)}")
     return render_template("board.html", form=form, day=day, groups=groups, count=len(rows), modalities=modalities,
