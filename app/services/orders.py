@@ -200,9 +200,10 @@ def _start_lifecycles(session: Session, procedures, cause: Cause) -> None:
     """A new procedure is ORDERED, then SCHEDULED once each step has a time (IHE RAD TF-2 4.4 RAD-4: the
     Department System Scheduler schedules what the placer ordered); a step that came without a time gets the
     next free slot of a resource that fits (app.services.scheduling)."""
+    for proc in procedures:      # every step has its time before any lifecycle moves (and reports the move)
+        _schedule_open_steps(session, proc, cause)
     for proc in procedures:
         lifecycle.begin(session, proc, cause)
-        _schedule_open_steps(session, proc, cause)
         scheduling.settle(session, proc, cause)   # the one owner of ORDERED -> SCHEDULED
 
 

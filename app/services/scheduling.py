@@ -54,9 +54,14 @@ def configure(session_factory: sessionmaker, zone: str) -> None:
     session_factory.configure(info=info)
 
 
+def site_zone(session: Session) -> ZoneInfo:
+    """The site's zone as configured for the session's factory (UTC when none is)."""
+    return ZoneInfo(session.info.get(ZONE_KEY) or "UTC")
+
+
 def local_now(session: Session) -> dt.datetime:
-    zone = ZoneInfo(session.info.get(ZONE_KEY) or "UTC")
-    return dt.datetime.now(zone).replace(tzinfo=None, second=0, microsecond=0)
+    """Now on the site's clock, to the minute (naive, as the core's clinical times are)."""
+    return dt.datetime.now(site_zone(session)).replace(tzinfo=None, second=0, microsecond=0)
 
 
 # Resources -------------------------------------------------------------------------------------
@@ -291,9 +296,9 @@ def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.da
         _place_step(step, resource, start)
     session.add(appointment)
     settle(session, step.procedure, cause)
-    proc = step.procedure
-    if proc is None or all(s.scheduled_start is not None for s in proc.steps):
-        session.flush()   # else a sibling step still waits for its slot: written with it (bookings() sees this one)
+    order = step.procedure.order if step.procedure is not None else None
+    if order is None or all(s.scheduled_start is not None for p in order.procedures for s in p.steps):
+        session.flush()   # else another step of the order still waits for its slot: written with it
     return appointment
 
 
@@ -363,13 +368,16 @@ def cancel_booking(session: Session, appointment_id: int, cause: Cause) -> Appoi
     return appointment
 
 
-def release_bookings(session: Session, order: Order) -> int:
-    """Free the slots of an order that was cancelled or discontinued (its procedures are closed by the caller)."""
-    step_ids = [s.id for p in order.procedures for s in p.steps if s.id is not None]
+def release_bookings(session: Session, order: Order, *, steps=None,
+                     status: AppointmentStatus = AppointmentStatus.CANCELLED) -> int:
+    """Free the slots of an order that was cancelled or discontinued (its procedures are closed by the caller), or of
+    ``steps`` only (a no-show: ``status`` NOSHOW)."""
+    chosen = steps if steps is not None else [s for p in order.procedures for s in p.steps]
+    step_ids = [s.id for s in chosen if s.id is not None]
     if not step_ids:
         return 0
     rows = session.scalars(select(Appointment).where(Appointment.step_fk.in_(step_ids),
                                                      Appointment.status == AppointmentStatus.BOOKED)).all()
     for appointment in rows:
-        appointment.status = AppointmentStatus.CANCELLED
+        appointment.status = status
     return len(rows)

@@ -7,6 +7,7 @@ from flask import Flask, request
 
 from interfaces.http.api import api
 from interfaces.http.outbox_api import outbox_api
+from interfaces.http.procedures_api import procedures_api
 from interfaces.http.problems import register_problem_handlers
 from interfaces.inputs import RecordIdConverter, refuse_nul_characters
 
@@ -28,6 +29,7 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     register_problem_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(outbox_api)
+    app.register_blueprint(procedures_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

@@ -11,6 +11,7 @@ from app.db import unit_of_work
 from app.errors import Conflict, InvalidInput, NotFound, Unsupported
 from app.models import LinkStatus, MessageStatus, OrderStatus
 from app.queries import orders as views
+from app.queries import reports as report_views
 from interfaces import inputs
 from mappings.profile import ProfileError
 
@@ -51,8 +52,12 @@ def list_orders():
 
 @api.get("/api/orders/<int:order_id>")
 def show_order(order_id: int):
+    """One order: each procedure with its lifecycle ``state`` and ``history`` (every transition with its time and
+    cause), and the order's ``reports``."""
     with _reader() as session:
         item = views.get_order(session, order_id)
+        if item is not None:
+            item["reports"] = report_views.order_reports(session, order_id)
     if item is None:
         raise NotFound(f"no order {order_id}", location="order_id")
     return jsonify(item)

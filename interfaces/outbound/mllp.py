@@ -1,6 +1,7 @@
 """HL7 v2 over MLLP to one destination (the HIS, IHE RAD-3): one persistent connection, ACK correlation.
 
-Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination),
+Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination) for
+kind ``order.status``, the ORU^R01 of a signed report for kind ``report``,
 MSH-10 = the outbox row's stable ``message_id``, MSH-5/MSH-6 the destination's application and facility (default:
 the order's sender, MSH-3/MSH-4 of the message that placed it), MSH-7 now in the site's zone.
 
@@ -20,9 +21,10 @@ import ssl
 from zoneinfo import ZoneInfo
 
 from app.services.outbox import ORDER_STATUS
+from app.services.reports import REPORT
 from config.outbound import Destination
 from interfaces.hl7.ack_reader import NotAnAck, read_ack
-from interfaces.hl7.writer import Header, encode, order_status_message
+from interfaces.hl7.writer import Header, encode, order_status_message, report_message
 from interfaces.mllp.client import MLLPClient, MLLPError
 from interfaces.outbound.channel import PermanentError, TransientError
 
@@ -44,7 +46,7 @@ class HL7MLLPChannel:
         self._client: MLLPClient | None = None
 
     def render(self, kind: str, payload: dict, message_id: str) -> bytes:
-        if kind != ORDER_STATUS:
+        if kind not in (ORDER_STATUS, REPORT):
             raise PermanentError(f"destination {self.name} (HL7 over MLLP) cannot send {kind!r} messages")
         sender = (payload.get("sender") or "").split("^")
         header = Header(
@@ -54,6 +56,8 @@ class HL7MLLPChannel:
             control_id=message_id, now=dt.datetime.now(self.zone).replace(microsecond=0),
         )
         try:
+            if kind == REPORT:
+                return encode(report_message(payload, header=header))
             return encode(order_status_message(payload, header=header, message=self.destination.message))
         except ValueError as exc:
             raise PermanentError(f"cannot write the HL7 message: {exc}") from None

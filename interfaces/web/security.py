@@ -270,7 +270,7 @@ def _unexpected(exc: Exception):
 
 
 # Sign in and out -----------------------------------------------------------------------------
-def _safe_next(target: str) -> str:
+def safe_next(target: str) -> str:
     """Only a path of this site (no scheme, no host, no '//' or '\\' tricks) is followed after sign-in."""
     parts = urlsplit(target)
     if not target.startswith("/") or target.startswith(("//", "/\\")) or parts.scheme or parts.netloc:
@@ -282,7 +282,7 @@ def _safe_next(target: str) -> str:
 def login():
     form = Form(request.form if request.method == "POST" else request.args, ("username", "password", "next"))
     form.values["password"] = ""  # never sent back
-    next_page = _safe_next(form.values["next"] or "/")
+    next_page = safe_next(form.values["next"] or "/")
     if request.method == "GET":
         if g.user is not None:
             return redirect(next_page)
