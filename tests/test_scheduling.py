@@ -90,3 +90,32 @@ def test_no_free_slot_refuses_the_order_and_keeps_nothing(session_factory):
                         uid_root="1.2.3")
     with unit_of_work(session_factory) as session:
         assert session.scalars(select(Order)).all() == []
+
+
+def test_the_shipped_example_of_resources_is_valid():
+    from pathlib import Path
+
+    from mappings.resources import read_file
+
+    example = Path(__file__).resolve().parent.parent / "mappings" / "resources" / "rooms.yaml.example"
+    rooms = read_file(example)
+    for room in rooms:
+        scheduling.validate_resource(room)
+    assert [(r.name, r.ae_title, r.modalities) for r in rooms] == [("CT1", "CT_ROOM1", ("CT",)),
+                                                                     ("MR1", "MR_ROOM1", ("MR",))]
+
+
+def test_a_bad_resources_file_is_refused_with_its_file_line_and_key(tmp_path):
+    from mappings.resources import ResourceFileError, read_folder
+
+    (tmp_path / "a.yaml").write_text("resources:\n  - name: CT1\n    modalities: [CT]\n    colour: blue\n")
+    with pytest.raises(ResourceFileError, match=r"a.yaml:2: unknown key 'colour'"):
+        read_folder(tmp_path)
+    (tmp_path / "a.yaml").write_text("rooms: []\n")
+    with pytest.raises(ResourceFileError, match=r"a.yaml:1: unknown key 'rooms' \(known: resources\)"):
+        read_folder(tmp_path)
+    (tmp_path / "a.yaml").write_text("resources:\n  - name: CT1\n    modalities: [CT]\n")
+    (tmp_path / "b.yaml").write_text("resources:\n  - name: CT1\n    modalities: [MR]\n")
+    with pytest.raises(ResourceFileError, match="resource named more than once: CT1"):
+        read_folder(tmp_path)
+    assert read_folder(tmp_path / "missing") == []

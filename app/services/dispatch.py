@@ -18,7 +18,7 @@ def apply_command(session: Session, command, cause: Cause, *, uid_root: str, acc
         patient, _ = register_patient(session, command.patient)
         return patient
     if isinstance(command, RecordAppointment):
-        return record_appointment(session, command)
+        return record_appointment(session, command, cause)
     if isinstance(command, RecordReport):
         return record_report(session, command)
     if isinstance(command, RecordVisit):

@@ -8,6 +8,7 @@ from flask import Flask, request
 from interfaces.http.api import api
 from interfaces.http.outbox_api import outbox_api
 from interfaces.http.procedures_api import procedures_api
+from interfaces.http.scheduling_api import scheduling_api
 from interfaces.http.problems import register_problem_handlers
 from interfaces.inputs import RecordIdConverter, refuse_nul_characters
 
@@ -30,6 +31,7 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     app.register_blueprint(api)
     app.register_blueprint(outbox_api)
     app.register_blueprint(procedures_api)
+    app.register_blueprint(scheduling_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

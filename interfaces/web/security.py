@@ -2,8 +2,8 @@
 
 - Sessions: Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when RIS_COOKIE_SECURE), ending after
   RIS_SESSION_IDLE_MINUTES without a request of the user (a page's own background refresh, header
-  ``X-RIS-Refresh: 1``, does not count: :class:`IdleExpirySessions`); it holds the user id and a fingerprint of the password hash,
-  so a changed password or a deactivated user ends every session at the next request.
+  ``X-RIS-Refresh: 1``, does not count: :class:`IdleExpirySessions`); it holds the user id and a fingerprint
+  of the password hash, so a changed password or a deactivated user ends every session at the next request.
 - CSRF: a random token per session, required in every POST form (``csrf_token``) and, for API calls
   authenticated by the cookie, in the ``X-CSRF-Token`` header of every unsafe method.
 - Roles: pages check a permission of app.services.auth and answer 403 to a user without it.
