@@ -21,6 +21,7 @@ from sqlalchemy.orm import sessionmaker
 from waitress.server import create_server
 
 from app.db import make_engine, make_session_factory, unit_of_work, upgrade
+from app.errors import DomainError
 from app.group_commit import GroupCommitter
 from app.services import scheduling
 from app.storage import ArchiveStore
@@ -36,6 +37,7 @@ from interfaces.scheduler.jobs import make_scheduler
 from interfaces.mapping_tools import mapping_test
 from interfaces.web import web
 from mappings.profile import ProfileSet
+from mappings.resources import ResourceFileError
 from mappings.resources import read_folder as read_resources
 
 log = logging.getLogger("interfaces.runtime")
@@ -69,24 +71,33 @@ def open_database(settings: Settings) -> Database:
     database = Database(engine, make_session_factory(engine), make_session_factory(engine, read_only=True))
     for factory in (database.sessions, database.read_sessions):
         wire_sessions(settings, factory)
-    load_resources(settings, database.sessions)
+    try:
+        load_resources(settings, database.sessions)
+    except BaseException:
+        engine.dispose()
+        raise
     return database
 
 
 def load_resources(settings: Settings, session_factory: sessionmaker) -> int:
     """Save the resources of the data files (RIS_RESOURCES_DIR, mappings.resources) - created, or replaced by name;
     resources made through the API and not in a file stay. Several processes may start at once: the one that loses
-    the race for a new name tries again and replaces what the other wrote. Returns how many."""
-    found = read_resources(settings.resources_path)
-    for attempt in range(2):
-        try:
-            with unit_of_work(session_factory) as session:
-                for data in found:
-                    scheduling.save_resource(session, data)
-            break
-        except IntegrityError:
-            if attempt:
-                raise
+    the race for a new name tries again and replaces what the other wrote. Returns how many. A file or a value
+    that cannot be used stops the start (:class:`StartupError` naming the file, line and key)."""
+    try:
+        found = read_resources(settings.resources_path)
+        for attempt in range(2):
+            try:
+                with unit_of_work(session_factory) as session:
+                    for data in found:
+                        scheduling.save_resource(session, data)
+                break
+            except IntegrityError:
+                if attempt:
+                    raise
+    except (ResourceFileError, DomainError) as exc:
+        raise StartupError(f"scheduling resources in {settings.resources_path}: {exc} (fix the file, or point "
+                           "RIS_RESOURCES_DIR elsewhere)") from None
     if found:
         log.info("%d scheduling resources from %s", len(found), settings.resources_path)
     return len(found)

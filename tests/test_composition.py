@@ -83,3 +83,16 @@ def test_both_entry_points_load_the_resources_of_the_data_folder(composed):
     with unit_of_work(wsgi.database.read_sessions) as session:
         rooms = [(r.name, r.ae_title, r.modalities, r.opening_hours) for r in session.scalars(select(Resource))]
     assert rooms == [("CT-A", "CT_A", ["CT"], {"mon": [["08:00", "16:00"]]})]
+
+
+def test_a_bad_resources_file_stops_the_start_with_its_file_and_line(settings, tmp_path):
+    from interfaces.runtime import StartupError
+
+    rooms = tmp_path / "bad-rooms"
+    rooms.mkdir()
+    (rooms / "rooms.yaml").write_text(ROOMS.replace("modalities: [CT]", "modalities: [CT]\n    colour: red"))
+    with pytest.raises(StartupError, match=r"rooms.yaml:2: unknown key 'colour'.*RIS_RESOURCES_DIR"):
+        Engine(dataclasses.replace(settings, resources_dir=str(rooms), scheduler_enabled=False))
+    (rooms / "rooms.yaml").write_text(ROOMS.replace('"16:00"', '"06:00"'))
+    with pytest.raises(StartupError, match=r"resource CT-A: mon interval \['08:00', '06:00'\]"):
+        Engine(dataclasses.replace(settings, resources_dir=str(rooms), scheduler_enabled=False))

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from app.commands import Cause, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
 from app.db import make_engine, make_session_factory, unit_of_work
-from app.models import (Appointment, AppointmentStatus, DailyStatistics, Order, OrderStatus, OutboxMessage,
-                        ProcedureState, ProcedureStep, ProcedureTransition, StepStatus)
+from app.models import (Appointment, DailyStatistics, OrderStatus, OutboxMessage,
+                        ProcedureState, ProcedureTransition, StepStatus)
 from app.services import outbox, scheduling, tracking
 from app.services.orders import place_order
 from interfaces.scheduler import jobs
@@ -51,7 +51,7 @@ def _place(factory, n: int, start: dt.datetime, *, book: bool = False) -> int:
         return order.procedures[0].id
 
 
-def _race(run, engines: int = 2) -> list:
+def _race(db_url: str, run, engines: int = 2) -> list:
     """``run(factory)`` in ``engines`` threads at once, each with its own engine (pool, sessions) on the database."""
     barrier, results, errors = threading.Barrier(engines, timeout=30), [None] * engines, []
 
@@ -62,7 +62,7 @@ def _race(run, engines: int = 2) -> list:
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    made = [make_engine(_URL[0]) for _ in range(engines)]
+    made = [make_engine(db_url) for _ in range(engines)]
     factories = [make_session_factory(e) for e in made]
     for factory in factories:
         scheduling.configure(factory, ZONE)
@@ -80,20 +80,12 @@ def _race(run, engines: int = 2) -> list:
     return results
 
 
-_URL: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _remember_url(db_url):
-    _URL[:] = [db_url]
-
-
 def _transitions(session, proc_id: int, to: ProcedureState) -> list[ProcedureTransition]:
     return session.scalars(select(ProcedureTransition).where(ProcedureTransition.procedure_fk == proc_id,
                                                              ProcedureTransition.to_state == to)).all()
 
 
-def test_no_shows_are_marked_once_by_two_engines(wired, job_settings):
+def test_no_shows_are_marked_once_by_two_engines(wired, job_settings, db_url):
     with unit_of_work(wired) as session:
         scheduling.save_resource(session, scheduling.ResourceData(name="CT1", ae_title="CT_ROOM1",
                                                                   modalities=("CT",), opening_hours=ALL_DAY))
@@ -103,7 +95,7 @@ def test_no_shows_are_marked_once_by_two_engines(wired, job_settings):
     not_yet = _place(wired, 101, NOW - dt.timedelta(minutes=30))
     with unit_of_work(wired) as session:
         tracking.arrive(session, tracking.find_procedure(session, arrived), Cause("hl7", reference="A10"))
-    marked = _race(lambda factory: jobs.mark_no_shows(factory, job_settings, now=NOW))
+    marked = _race(db_url, lambda factory: jobs.mark_no_shows(factory, job_settings, now=NOW))
     assert sum(marked) == len(late)
     with unit_of_work(wired) as session:
         for proc_id in late:
@@ -120,13 +112,13 @@ def test_no_shows_are_marked_once_by_two_engines(wired, job_settings):
     assert jobs.mark_no_shows(wired, dataclasses.replace(job_settings, noshow_after_minutes=0), now=NOW) == 0
 
 
-def test_stale_worklist_steps_are_discontinued_once_with_a_delay_per_status(wired, job_settings):
+def test_stale_worklist_steps_are_discontinued_once_with_a_delay_per_status(wired, job_settings, db_url):
     old = [_place(wired, n, NOW - dt.timedelta(days=8)) for n in range(6)]             # SCHEDULED > 168 h
     recent = _place(wired, 50, NOW - dt.timedelta(days=3))                              # SCHEDULED < 168 h
     arrived = _place(wired, 51, NOW - dt.timedelta(hours=30))                           # ARRIVED > 24 h
     with unit_of_work(wired) as session:
         tracking.arrive(session, tracking.find_procedure(session, arrived), Cause("hl7", reference="A10"))
-    done = _race(lambda factory: jobs.discontinue_stale_steps(factory, job_settings, now=NOW))
+    done = _race(db_url, lambda factory: jobs.discontinue_stale_steps(factory, job_settings, now=NOW))
     assert sum(done) == len(old) + 1
     with unit_of_work(wired) as session:
         for proc_id in old + [arrived]:
@@ -142,7 +134,7 @@ def test_stale_worklist_steps_are_discontinued_once_with_a_delay_per_status(wire
         assert {r.payload["procedure_state"] for r in feedback} == {"DISCONTINUED"}
 
 
-def test_daily_statistics_are_kept_once_per_day(wired):
+def test_daily_statistics_are_kept_once_per_day(wired, db_url):
     with unit_of_work(wired) as session:
         today = scheduling.local_now(session).date()
     first = _place(wired, 1, NOW)
@@ -152,8 +144,9 @@ def test_daily_statistics_are_kept_once_per_day(wired):
         tracking.arrive(session, proc, Cause("hl7"))
         tracking.start(session, proc, Cause("user", reference="tech"))
         tracking.complete(session, proc, Cause("user", reference="tech"))
-    kept = _race(lambda factory: jobs.compute_daily_statistics(factory, worker="w", today=today + dt.timedelta(days=1),
-                                                               days_back=3))
+    tomorrow = today + dt.timedelta(days=1)
+    kept = _race(db_url, lambda factory: jobs.compute_daily_statistics(factory, worker="w", today=tomorrow,
+                                                                       days_back=3))
     assert sorted(kept[0] + kept[1]) == [today - dt.timedelta(days=2), today - dt.timedelta(days=1), today]
     with unit_of_work(wired) as session:
         assert session.scalar(select(func.count(DailyStatistics.id))) == 3
