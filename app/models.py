@@ -450,7 +450,9 @@ class ReportState(str, enum.Enum):
 
 
 class Report(Base):
-    """A result report for an order, as ORU^R01 carries it (HL7 v2.5.1 chapter 7, OBR + OBX)."""
+    """A result report for an order, as ORU^R01 carries it (HL7 v2.5.1 chapter 7, OBR + OBX): received (``state``
+    NULL) or written here (``state`` set; ``kind`` report, addendum or amendment). What every column means, and how
+    a row reads as a FHIR DiagnosticReport, is in app.services.reports."""
 
     __tablename__ = "reports"
 
