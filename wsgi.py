@@ -1,11 +1,10 @@
-"""WSGI entry for the web side alone (e.g. ``waitress-serve wsgi:app``, or gunicorn): the JSON API and
-FHIR on the configured database. ``ris serve`` runs the same application in-process with the listeners."""
+"""WSGI entry for the web side alone (e.g. ``waitress-serve wsgi:app``, or gunicorn): the JSON API, FHIR and the
+pages on the configured database. It is composed by the same function as ``ris serve``'s
+(:func:`interfaces.runtime.open_database`), so both write the same outbox rows and keep the same site time."""
 
-from app.db import make_engine, make_session_factory, upgrade
 from config.settings import load_settings
-from interfaces.runtime import build_wsgi_app
+from interfaces.runtime import web_application
 
 settings = load_settings()
-_engine = make_engine(settings.database)
-upgrade(_engine)
-app = build_wsgi_app(settings, make_session_factory(_engine), make_session_factory(_engine, read_only=True))
+app, database = web_application(settings)
+_engine = database.engine

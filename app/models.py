@@ -398,6 +398,10 @@ class InboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     processed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     duration_ms: Mapped[Optional[float]] = mapped_column(Float)
+    # A RECEIVED message the recovery job took on (app.services.messages.claim): who, and until when nobody else
+    # may (a lease, so a job that died leaves it to the next one).
+    claimed_by: Mapped[str] = mapped_column(String(128), nullable=False, default="", server_default="")
+    claimed_until: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
 
 
 # Appointments and reports --------------------------------------------------------------------
@@ -450,7 +454,9 @@ class ReportState(str, enum.Enum):
 
 
 class Report(Base):
-    """A result report for an order, as ORU^R01 carries it (HL7 v2.5.1 chapter 7, OBR + OBX)."""
+    """A result report for an order, as ORU^R01 carries it (HL7 v2.5.1 chapter 7, OBR + OBX): received (``state``
+    NULL) or written here (``state`` set; ``kind`` report, addendum or amendment). What every column means, and how
+    a row reads as a FHIR DiagnosticReport, is in app.services.reports."""
 
     __tablename__ = "reports"
 

@@ -8,7 +8,8 @@ A destination is written ``name=host:port`` followed by options ``;key=value``::
 Options: ``enabled`` (true/false; a disabled destination gets no new messages and nothing is sent
 to it), ``message`` (the order status message: ``ORM^O01`` or ``OMG^O19``; default the setting
 ``outbound_order_message``), ``application`` and ``facility`` (its MSH-5/MSH-6; default: the
-order's sender), ``kinds`` (what it receives, ``+``-separated; default ``order.status``).
+order's sender), ``kinds`` (what it receives, ``+``-separated: ``order.status`` order status messages,
+``report`` signed reports as ORU^R01; default both).
 This module imports nothing of ours.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ORDER_MESSAGES = ("ORM^O01", "OMG^O19")
-DEFAULT_KINDS = ("order.status",)
+DEFAULT_KINDS = ("order.status", "report")
 _OPTIONS = ("enabled", "message", "application", "facility", "kinds")
 
 

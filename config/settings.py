@@ -137,6 +137,14 @@ class Settings:
     outbox_backoff_seconds: float = _doc("Delay after the first failed attempt; doubled after each next one.", 5.0)
     outbox_backoff_max_seconds: float = _doc("Longest delay between two attempts.", 600.0)
     scheduler_enabled: bool = _doc("Run the scheduled jobs in this process.", True)
+    resources_dir: str = _doc("Folder of the scheduling resources (rooms, modalities: *.yaml, see mappings/resources.py), "
+                              "loaded at start; empty means <mappings_dir>/resources.", "")
+    noshow_after_minutes: float = _doc("A scheduled procedure whose patient has not arrived this many minutes after its "
+                                       "start is marked no-show (back to ORDERED, its booking freed; 0 = never).", 60.0)
+    worklist_stale_hours: tuple[str, ...] = _doc(
+        "Stale worklist housekeeping: STATUS=hours, comma separated; a step left in STATUS that long after its "
+        "scheduled start is discontinued and leaves the worklist.", ("SCHEDULED=168", "ARRIVED=24", "READY=24",
+                                                                      "UNSCHEDULED=720"))
     auth_required: bool = _doc(
         "The JSON API and FHIR answer only a signed-in user (401 otherwise) with a role that may use them (403). "
         "The web pages always require signing in.", False)
@@ -171,6 +179,24 @@ class Settings:
     @property
     def mappings_path(self) -> Path:
         return Path(self.mappings_dir) if self.mappings_dir else REPO_ROOT / "mappings"
+
+    @property
+    def resources_path(self) -> Path:
+        return Path(self.resources_dir) if self.resources_dir else self.mappings_path / "resources"
+
+    @property
+    def worklist_stale_after(self) -> dict[str, float]:
+        """``worklist_stale_hours`` as {step status: hours}."""
+        table = {}
+        for item in self.worklist_stale_hours:
+            status, sep, hours = item.partition("=")
+            try:
+                table[status.strip().upper()] = float(hours)
+            except ValueError:
+                raise SettingsError(f"RIS_WORKLIST_STALE_HOURS: {item!r} is not STATUS=hours") from None
+            if not sep or table[status.strip().upper()] <= 0:
+                raise SettingsError(f"RIS_WORKLIST_STALE_HOURS: {item!r} is not STATUS=hours (hours > 0)")
+        return table
 
 
 def parse_flag(raw: str) -> bool:

@@ -7,16 +7,23 @@ mapping profile (mappings), the MLLP listener with the HL7 intake, the DICOM AE,
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import logging
 import signal
 import threading
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
 
 from waitress.server import create_server
 
-from app.db import make_engine, make_session_factory, upgrade
+from app.db import make_engine, make_session_factory, unit_of_work, upgrade
+from app.errors import DomainError
 from app.group_commit import GroupCommitter
+from app.services import scheduling
 from app.storage import ArchiveStore
 from config.settings import Settings
 from config.tls import server_context
@@ -30,8 +37,77 @@ from interfaces.scheduler.jobs import make_scheduler
 from interfaces.mapping_tools import mapping_test
 from interfaces.web import web
 from mappings.profile import ProfileSet
+from mappings.resources import ResourceFileError
+from mappings.resources import read_folder as read_resources
 
 log = logging.getLogger("interfaces.runtime")
+
+
+@dataclass
+class Database:
+    """The database of one process and its two session factories, wired (:func:`wire_sessions`)."""
+
+    engine: SAEngine
+    sessions: sessionmaker
+    read_sessions: sessionmaker
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def wire_sessions(settings: Settings, session_factory: sessionmaker) -> None:
+    """Tell every session of ``session_factory`` what the core needs from the settings: which destinations get outbox
+    rows of which kind (IHE RAD-3 feedback, interfaces.outbound) and the site's zone (scheduling's "now"). The one
+    place this is done, for ``ris serve`` and for the web side alone (wsgi.py) alike."""
+    route_destinations(settings, session_factory)
+    scheduling.configure(session_factory, settings.site_timezone)
+
+
+def open_database(settings: Settings) -> Database:
+    """The composition of the database side shared by every entry point (``ris serve``, wsgi.py): the engine, the
+    schema brought up to date, both session factories wired, the scheduling resources of the data file loaded."""
+    engine = make_engine(settings.database)
+    upgrade(engine)
+    database = Database(engine, make_session_factory(engine), make_session_factory(engine, read_only=True))
+    for factory in (database.sessions, database.read_sessions):
+        wire_sessions(settings, factory)
+    try:
+        load_resources(settings, database.sessions)
+    except BaseException:
+        engine.dispose()
+        raise
+    return database
+
+
+def load_resources(settings: Settings, session_factory: sessionmaker) -> int:
+    """Save the resources of the data files (RIS_RESOURCES_DIR, mappings.resources) - created, or replaced by name;
+    resources made through the API and not in a file stay. Several processes may start at once: the one that loses
+    the race for a new name tries again and replaces what the other wrote. Returns how many. A file or a value
+    that cannot be used stops the start (:class:`StartupError` naming the file, line and key)."""
+    try:
+        found = read_resources(settings.resources_path)
+        for attempt in range(2):
+            try:
+                with unit_of_work(session_factory) as session:
+                    for data in found:
+                        scheduling.save_resource(session, data)
+                break
+            except IntegrityError:
+                if attempt:
+                    raise
+    except (ResourceFileError, DomainError) as exc:
+        raise StartupError(f"scheduling resources in {settings.resources_path}: {exc} (fix the file, or point "
+                           "RIS_RESOURCES_DIR elsewhere)") from None
+    if found:
+        log.info("%d scheduling resources from %s", len(found), settings.resources_path)
+    return len(found)
+
+
+def web_application(settings: Settings):
+    """The web side alone (JSON API, FHIR, pages) on the configured database: what wsgi.py serves. Returns
+    (application, database)."""
+    database = open_database(settings)
+    return build_wsgi_app(settings, database.sessions, database.read_sessions), database
 
 
 def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL7Intake | None = None):
@@ -74,11 +150,9 @@ class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.archive_path.mkdir(parents=True, exist_ok=True)
-        self.db = make_engine(settings.database)
-        upgrade(self.db)
-        self.sessions = make_session_factory(self.db)
-        route_destinations(settings, self.sessions)  # outbox rows for the configured destinations (IHE RAD-3)
-        self.read_sessions = make_session_factory(self.db, read_only=True)
+        self.database = open_database(settings)
+        self.db, self.sessions, self.read_sessions = (self.database.engine, self.database.sessions,
+                                                      self.database.read_sessions)
         self.profiles = load_profiles(settings)
         self.committer = GroupCommitter(self.sessions, name="hl7-group-commit") if settings.hl7_group_commit else None
         self.intake = HL7Intake(settings, self.sessions, self.profiles, self.committer)

@@ -35,6 +35,7 @@ def day_steps(session: Session, day: dt.date, *, modality: str = "", station: st
             "station_aets": step.station_aets, "scheduled_start": step.scheduled_start.isoformat(),
             "time": step.scheduled_start.strftime("%H:%M"), "description": step.description,
             "status": step.status.value, "procedure": step.procedure.description or step.procedure.code_meaning,
+            "procedure_id": step.procedure.id, "procedure_state": step.procedure.state.value,
             "order_id": order.id, "accession_number": order.accession_number, "priority": order.priority,
             "patient_id": order.patient.patient_id, "patient_name": order.patient.name,
             "patient_pk": order.patient.id,

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from app.models import (InboundMessage, LinkStatus, Order, ProcedureStep, RequestedProcedure, Series, Study)
+from app.services import lifecycle
 
 
 def _iso(value):
@@ -50,7 +51,10 @@ def order_view(order: Order) -> dict:
         "patient": patient_view(order.patient),
         "procedures": [
             {
+                "id": p.id,
                 "requested_procedure_id": p.requested_procedure_id,
+                "state": p.state.value,
+                "history": lifecycle.history_view(p),     # every transition: from, to, at (UTC), cause
                 "study_instance_uid": p.study_instance_uid,
                 "code": {"value": p.code_value, "scheme": p.code_scheme, "meaning": p.code_meaning},
                 "description": p.description,
@@ -72,6 +76,7 @@ def _order_query():
     return select(Order).options(
         selectinload(Order.patient),
         selectinload(Order.procedures).selectinload(RequestedProcedure.steps).selectinload(ProcedureStep.stations),
+        selectinload(Order.procedures).selectinload(RequestedProcedure.transitions),
         selectinload(Order.studies).selectinload(Study.series).selectinload(Series.instances),
     )
 

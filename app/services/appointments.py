@@ -2,8 +2,9 @@
 
 An appointment is found again by its filler appointment id, else its placer appointment id; it is
 linked to the order whose placer (or filler) order number it names. An appointment for an order
-the engine does not know is kept unlinked. Using appointments to schedule steps is the
-scheduling service's job (not done here).
+the engine does not know is kept unlinked. What an appointment does to its order's step (its time, its room,
+conflicts) is the scheduling service's (app.services.scheduling.apply_appointment); a no-show (S26) is the
+tracking service's.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.commands import OrderRef, RecordAppointment
+from app.commands import Cause, OrderRef, RecordAppointment
 from app.errors import NotFound
-from app.models import Appointment, AppointmentStatus
+from app.models import Appointment, AppointmentStatus, ProcedureState
+from app.services import scheduling, tracking
 from app.services.orders import find_order
 from app.services.patients import register_patient
 from app.validation import clip, identifier
@@ -28,7 +30,7 @@ def find_appointment(session: Session, placer_id: str, filler_id: str) -> Appoin
     return None
 
 
-def record_appointment(session: Session, command: RecordAppointment) -> Appointment:
+def record_appointment(session: Session, command: RecordAppointment, cause: Cause | None = None) -> Appointment:
     data = command.appointment
     identifier(data.placer_appointment_id, 64, "appointment.placer_id")
     identifier(data.filler_appointment_id, 64, "appointment.filler_id")
@@ -54,4 +56,11 @@ def record_appointment(session: Session, command: RecordAppointment) -> Appointm
     appointment.status = {"cancel": AppointmentStatus.CANCELLED, "noshow": AppointmentStatus.NOSHOW}.get(
         command.event, AppointmentStatus.BOOKED)
     session.flush()
+    cause = cause or Cause("hl7")
+    if command.event == "noshow":
+        step = appointment.step
+        if step is not None and step.procedure.state in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
+            tracking.no_show(session, step.procedure, cause, note="no-show (appointment)")
+    else:   # the order's step takes the appointment's time and room (app.services.scheduling)
+        scheduling.apply_appointment(session, appointment, command.event, cause)
     return appointment

@@ -27,6 +27,13 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "messages": frozenset({Role.ANALYST, Role.ADMINISTRATOR}),
     "reprocess": frozenset({Role.ANALYST, Role.ADMINISTRATOR}),
     "audit": frozenset({Role.ADMINISTRATOR}),
+    # What a person may do to a procedure (app.services.tracking), its report and its booking.
+    "arrive": frozenset({Role.TECHNOLOGIST, Role.SCHEDULER, Role.ADMINISTRATOR}),
+    "no-show": frozenset({Role.TECHNOLOGIST, Role.SCHEDULER, Role.ADMINISTRATOR}),
+    "start": frozenset({Role.TECHNOLOGIST, Role.ADMINISTRATOR}),
+    "complete": frozenset({Role.TECHNOLOGIST, Role.ADMINISTRATOR}),
+    "report": frozenset({Role.RADIOLOGIST, Role.ADMINISTRATOR}),
+    "schedule": frozenset({Role.SCHEDULER, Role.ADMINISTRATOR}),
 }
 
 MIN_PASSWORD = 10

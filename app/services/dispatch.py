@@ -21,7 +21,7 @@ def apply(session: Session, command, cause: Cause, *, uid_root: str, accession_p
     if isinstance(command, RegisterPatient):
         return register(session, command.patient)
     if isinstance(command, RecordAppointment):
-        return record_appointment(session, command)
+        return record_appointment(session, command, cause)
     if isinstance(command, RecordReport):
         return record_report(session, command)
     if isinstance(command, RecordVisit):

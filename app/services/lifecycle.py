@@ -16,6 +16,9 @@ CANCELLED      cancelled before it was performed (ORC-1 CA)
 DISCONTINUED   stopped (ORC-1 DC, or MPPS DISCONTINUED for every step, PS3.4 F.7.2.2)
 =============  ================================================================================
 
+Every transition into a state of :data:`REPORTED` writes the feedback to the HIS in the same unit of work
+(:func:`report`): this module is the one place that moves a procedure, so it is the one place that reports it.
+
 A transition the table does not allow (completing a cancelled procedure, signing a report twice) raises
 :class:`app.errors.Conflict` naming the procedure and its current state, before anything is changed.
 Services validate every transition of a unit of work first (:func:`check`) and apply them after
@@ -32,8 +35,9 @@ from sqlalchemy.orm import Session
 from app.commands import Cause
 from app.errors import Conflict
 from app.models import ProcedureState as S
-from app.models import ProcedureTransition, RequestedProcedure
+from app.models import ProcedureStep, ProcedureTransition, RequestedProcedure
 from app.rows import children_changed, insert_rows
+from app.services import outbox
 
 TRANSITIONS: dict[S, frozenset[S]] = {
     # ORDERED -> IN_PROGRESS: a modality performed it without a slot (walk-in, or after a no-show)
@@ -48,6 +52,10 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.DISCONTINUED: frozenset(),
 }
 CLOSED = frozenset(state for state, targets in TRANSITIONS.items() if not targets)   # FINAL, CANCELLED, DISCONTINUED
+# The states the HIS is told of by an order status message (:func:`report`). ORDERED is not one: a procedure
+# is ORDERED when the HIS placed it, and back to ORDERED when its booking ends (no-show, cancelled booking), for
+# which HL7 table 0038 has no order status. PRELIMINARY and FINAL go out as results (ORU^R01, app.services.reports).
+REPORTED = frozenset({S.SCHEDULED, S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.CANCELLED, S.DISCONTINUED})
 PERFORMED = frozenset({S.COMPLETED, S.PRELIMINARY, S.FINAL})
 NOT_STARTED = frozenset({S.ORDERED, S.SCHEDULED, S.ARRIVED})
 
@@ -85,13 +93,32 @@ def check_all(procedures: Iterable[RequestedProcedure], target: S, *, action: st
 
 
 def transition(session: Session, procedure: RequestedProcedure, target: S, cause: Cause, *,
-               note: str = "", action: str = "") -> ProcedureTransition:
-    """Move ``procedure`` to ``target`` and record the transition with ``cause``; Conflict when not allowed."""
+               note: str = "", action: str = "", step: ProcedureStep | None = None) -> ProcedureTransition:
+    """Move ``procedure`` to ``target``, record the transition with ``cause`` and report it (:func:`report`);
+    Conflict when the table does not allow it. ``step``: the step that caused it (MPPS), named in the report."""
     check(procedure, target, action=action)
-    row = _record(procedure, procedure.state, target, cause, note)
+    before = procedure.state
+    row = _record(procedure, before, target, cause, note)
     procedure.state = target
     session.add(row)
+    report(session, procedure, before, cause, step=step)
     return row
+
+
+def report(session: Session, procedure: RequestedProcedure, before: S | None, cause: Cause, *,
+           step: ProcedureStep | None = None) -> list:
+    """Feedback to the HIS for a transition (IHE RAD TF-2 4.3, RAD-3 Filler Order Management): one outbox row of
+    kind ``order.status`` per destination, in this unit of work, for every :data:`REPORTED` state - a snapshot of
+    the order (app.services.outbox.order_snapshot) with ``procedure`` naming the procedure that moved and its
+    ``procedure_state`` and ``previous_state``; the adapter writes it as an ORM/OMG with ORC-1 SC and the state's
+    ORC-5 (interfaces.hl7.writer). Signed reports are reported as results by app.services.reports (ORU^R01)."""
+    if procedure.state not in REPORTED or not outbox.destinations_for(session, outbox.ORDER_STATUS):
+        return []
+    order = procedure.order
+    payload = outbox.order_snapshot(order, None, step)
+    payload.update(event="procedure", procedure=procedure.requested_procedure_id,
+                   procedure_state=procedure.state.value, previous_state=before.value if before else "")
+    return outbox.enqueue(session, outbox.ORDER_STATUS, payload, cause, order=order)
 
 
 def begin(session: Session, procedure: RequestedProcedure, cause: Cause) -> ProcedureTransition:
@@ -117,17 +144,37 @@ def _record(procedure: RequestedProcedure, before: S | None, after: S, cause: Ca
 def record(session: Session, procedure_id: int, steps: list[tuple[S | None, S]], cause: Cause, *,
            note: str = "") -> None:
     """Record transitions of the procedure ``procedure_id`` whose state the caller wrote with Core (app.rows):
-    ``steps`` are (from, to) pairs already checked against the table, oldest first."""
+    ``steps`` are (from, to) pairs already checked against the table, oldest first. The state reached is reported
+    as :func:`transition` reports it (the caller expired the procedure's ORM object, app.rows.changed)."""
     insert_rows(session, ProcedureTransition.__table__,
                 [{"procedure_fk": procedure_id, **_values(before, after, cause, note)} for before, after in steps])
     children_changed(session, RequestedProcedure, [procedure_id], "transitions")
+    before, after = steps[-1]
+    if after in REPORTED and outbox.destinations_for(session, outbox.ORDER_STATUS):
+        report(session, session.get(RequestedProcedure, procedure_id), before, cause)
 
 
 def history_view(procedure: RequestedProcedure) -> list[dict]:
-    """The procedure's transitions, oldest first, as plain data (for read models)."""
+    """The procedure's transitions, oldest first, as plain data (for read models): ``at`` in UTC; ``cause`` its
+    kind (hl7, mpps, user, job, fhir), reference (control id, SOP Instance UID, user name, job), sender (sender,
+    station, role), the stored message's id, and a sentence for people."""
     return [{"from": t.from_state.value if t.from_state else None, "to": t.to_state.value,
              "at": t.at.isoformat() if t.at else None,
              "cause": {"kind": t.cause_kind, "reference": t.cause_reference, "sender": t.cause_sender,
-                       "message_id": t.cause_message_fk},
+                       "message_id": t.cause_message_fk, "text": cause_text(t)},
              "note": t.note}
             for t in procedure.transitions]
+
+
+def cause_text(t: ProcedureTransition) -> str:
+    kind, ref, sender = t.cause_kind, t.cause_reference, t.cause_sender
+    if kind == "hl7":
+        stored = f", stored message {t.cause_message_fk}" if t.cause_message_fk else ""
+        return f"HL7 message {ref or '(no control id)'} from {sender or 'an unknown sender'}{stored}"
+    if kind == "mpps":
+        return f"MPPS {ref} from {sender or 'an unknown station'}"
+    if kind == "user":
+        return f"{ref or 'an anonymous user'}" + (f" ({sender})" if sender else "")
+    if kind == "job":
+        return f"the {ref} job" + (f": {sender}" if sender else "")
+    return " ".join(p for p in (kind, ref, sender) if p)

@@ -46,13 +46,13 @@ def content_digest(segments: Iterable[Sequence[str]]) -> str:
     segment, its name first (for MSH: the name, MSH-1, MSH-2...); MSH-7 and trailing empty fields are left
     out."""
     h = hashlib.sha256()
-    for fields in segments:
-        fields = list(fields)
-        if fields and fields[0] == "MSH" and len(fields) > 7:
-            fields[7] = ""
-        while fields and fields[-1] == "":
-            fields.pop()
-        h.update("\x1f".join(fields).encode("utf-8", "surrogatepass"))
+    for segment in segments:
+        values = list(segment)
+        if values and values[0] == "MSH" and len(values) > 7:
+            values[7] = ""
+        while values and values[-1] == "":
+            values.pop()
+        h.update("\x1f".join(values).encode("utf-8", "surrogatepass"))
         h.update(b"\x1e")
     return h.hexdigest()
 
@@ -156,13 +156,34 @@ def finish(msg: InboundMessage, status: MessageStatus, *, ack: bytes | None, ack
     msg.processed_at = utcnow()
 
 
-def unfinished(session: Session, older_than: dt.datetime, limit: int = 100) -> list[InboundMessage]:
-    """Messages stored but never answered (the process died between store and apply)."""
+def _claimable(now: dt.datetime):
+    return or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now)
+
+
+def unfinished(session: Session, older_than: dt.datetime, limit: int = 100, *,
+               now: dt.datetime | None = None) -> list[InboundMessage]:
+    """Messages stored but never answered (the process died between store and apply), oldest first; one that a
+    recovery job has claimed is left out until its claim runs out."""
     return list(session.scalars(
         select(InboundMessage)
-        .where(InboundMessage.status == MessageStatus.RECEIVED, InboundMessage.received_at < older_than)
+        .where(InboundMessage.status == MessageStatus.RECEIVED, InboundMessage.received_at < older_than,
+               _claimable(now or utcnow()))
         .order_by(InboundMessage.id).limit(limit)
     ))
+
+
+def claim(session: Session, msg_id: int, worker: str, *, lease_s: float, now: dt.datetime | None = None) -> bool:
+    """Take the unfinished message ``msg_id`` on, for ``worker``, for ``lease_s`` seconds: True for exactly one of
+    any number of workers that race for it (a compare-and-set, ``UPDATE ... WHERE status = RECEIVED AND the claim
+    ran out``: PostgreSQL re-checks the condition on the locked row, SQLite serialises writers; the pattern
+    Healthchecks uses to let several ``sendalerts`` processes share one database). Commit before applying it."""
+    now = now or utcnow()
+    result = session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id == msg_id, InboundMessage.status == MessageStatus.RECEIVED, _claimable(now))
+        .values(claimed_by=worker[:128], claimed_until=now + dt.timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 PRUNABLE = (MessageStatus.PROCESSED, MessageStatus.DUPLICATE, MessageStatus.REJECTED)
@@ -174,7 +195,7 @@ def prune(session: Session, older_than: dt.datetime, *, include_errors: bool = F
     Orders keep their data; their link to the source message is cleared by the foreign key
     (ON DELETE SET NULL) or here, for databases that do not enforce it.
     """
-    from sqlalchemy import delete, update
+    from sqlalchemy import delete
 
     from app.models import Order
 

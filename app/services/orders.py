@@ -20,7 +20,7 @@ from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, Pla
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (Appointment, AppointmentStatus, LinkStatus, Order, OrderStatus, Patient, ProcedureState,
                         ProcedureStep, RequestedProcedure, StepStation, StepStatus, Study)
-from app.rows import changed, insert_row, insert_rows, plain, read, run, run_many, update_row
+from app.rows import changed, children_changed, insert_row, insert_rows, plain, read, run, run_many, update_row
 from app.services import lifecycle, scheduling
 from app.services.archive import link_waiting_studies
 from app.services.outbox import ORDER_STATUS, destinations_for, order_status_changed
@@ -152,26 +152,29 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
         default_rp = accession if index == 1 else f"{accession}.{index}"
         rp_id = proc.requested_procedure_id or default_rp[:16]
         study_uids.append(proc.study_instance_uid or derived_uid(uid_root, accession, rp_id))
-        timed = all(step.scheduled_start is not None for step in proc.steps)
-        proc_id = insert_row(session, _RP, {
-            "order_fk": order_id, "requested_procedure_id": rp_id, "study_instance_uid": study_uids[-1],
-            "code_value": clip(proc.code_value, 64), "code_scheme": clip(proc.code_scheme, 64),
-            "code_meaning": clip(proc.code_meaning, 128), "description": clip(proc.description, 64),
-            "priority": clip(proc.priority, 16), "state": ProcedureState.SCHEDULED if timed else ProcedureState.ORDERED})
+        fields = {"order_fk": order_id, "requested_procedure_id": rp_id, "study_instance_uid": study_uids[-1],
+                  **_procedure_fields(proc)}
+        if not all(step.scheduled_start is not None for step in proc.steps):
+            # a step without a time needs its slot before its row can be written: built as ORM objects, booked,
+            # then SCHEDULED when the last step has its slot (as XO's new procedures are)
+            procedure = RequestedProcedure(state=ProcedureState.ORDERED, **fields)
+            procedure.steps.extend(_new_step(step, rp_id) for step in proc.steps)
+            with session.no_autoflush:    # a step is written once it has its slot
+                procedure.order = session.get(Order, order_id)
+                _start_lifecycles(session, [procedure], cause)
+            session.flush()
+            record.procedure_ids.append(procedure.id)
+            continue
+        proc_id = insert_row(session, _RP, {**fields, "state": ProcedureState.SCHEDULED})
         record.procedure_ids.append(proc_id)
-        lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED)]
-                         + ([(ProcedureState.ORDERED, ProcedureState.SCHEDULED)] if timed else []), cause)
         for step in proc.steps:
-            booking = None
-            if step.scheduled_start is None:   # booked below; the procedure is SCHEDULED once every step is
-                booking = scheduling.next_free_slot(session, step.modality, proc.code_value)
             step_id = insert_row(session, _S, {"procedure_fk": proc_id, "status": StepStatus.SCHEDULED,
-                                               "sps_id": step.sps_id or rp_id,
-                                               "scheduled_start": booking[1] if booking else step.scheduled_start,
+                                               "sps_id": step.sps_id or rp_id, "scheduled_start": step.scheduled_start,
                                                **_step_fields(step)})
             insert_rows(session, _ST, [{"step_fk": step_id, "ae_title": aet} for aet in _stations(step)])
-            if booking is not None:
-                scheduling.book(session, session.get(ProcedureStep, step_id), booking[0], booking[1], cause)
+        lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED),   # reported once its steps exist
+                                            (ProcedureState.ORDERED, ProcedureState.SCHEDULED)], cause)
+        children_changed(session, Order, [order_id], "procedures")   # loaded by a booking above, if any
     if any(read(session, _WAITING, {"accession": accession, "uid": uid}).first() for uid in study_uids):
         link_waiting_studies(session, session.get(Order, order_id))   # images that arrived before their order
     return record
@@ -310,11 +313,11 @@ def _start_lifecycles(session: Session, procedures, cause: Cause) -> None:
     """A new procedure is ORDERED, then SCHEDULED once each step has a time (IHE RAD TF-2 4.4 RAD-4: the
     Department System Scheduler schedules what the placer ordered); a step that came without a time gets the
     next free slot of a resource that fits (app.services.scheduling)."""
+    for proc in procedures:      # every step has its time before any lifecycle moves (and reports the move)
+        _schedule_open_steps(session, proc, cause)
     for proc in procedures:
         lifecycle.begin(session, proc, cause)
-        _schedule_open_steps(session, proc, cause)   # a booking settles the procedure SCHEDULED itself
-        if proc.state is ProcedureState.ORDERED:
-            lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+        scheduling.settle(session, proc, cause)   # the one owner of ORDERED -> SCHEDULED
 
 
 def _schedule_open_steps(session: Session, proc: RequestedProcedure, cause: Cause) -> None:
@@ -366,14 +369,17 @@ def _new_procedure(order: Order, data: ProcedureData, uid_root: str) -> Requeste
     default_rp = order.accession_number if index == 1 else f"{order.accession_number}.{index}"
     rp_id = data.requested_procedure_id or default_rp[:16]
     study_uid = data.study_instance_uid or derived_uid(uid_root, order.accession_number, rp_id)
-    proc = RequestedProcedure(
-        requested_procedure_id=rp_id, study_instance_uid=study_uid, code_value=clip(data.code_value, 64),
-        code_scheme=clip(data.code_scheme, 64), code_meaning=clip(data.code_meaning, 128),
-        description=clip(data.description, 64), priority=clip(data.priority, 16),
-    )
+    proc = RequestedProcedure(requested_procedure_id=rp_id, study_instance_uid=study_uid, **_procedure_fields(data))
     for step_data in data.steps:
         proc.steps.append(_new_step(step_data, rp_id))
     return proc
+
+
+def _procedure_fields(data: ProcedureData) -> dict:
+    """The columns of a requested procedure that the order sets (its identifiers apart)."""
+    return {"code_value": clip(data.code_value, 64), "code_scheme": clip(data.code_scheme, 64),
+            "code_meaning": clip(data.code_meaning, 128), "description": clip(data.description, 64),
+            "priority": clip(data.priority, 16)}
 
 
 def _new_step(data, default_id: str) -> ProcedureStep:

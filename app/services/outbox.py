@@ -42,6 +42,9 @@ from app.models import Order, OrderStatus, OutboxMessage, OutboxStatus, Procedur
 ROUTES_KEY = "ris.outbox.routes"
 ORDER_STATUS = "order.status"        # kind: an order's status changed (IHE RAD-3 feedback to the HIS)
 
+# Order statuses that follow from the procedures' lifecycle: each procedure's transition is reported by
+# app.services.lifecycle.report, so the order's own change is not reported again (holding and releasing are).
+PROCEDURE_REPORTED = (OrderStatus.IN_PROGRESS, OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.DISCONTINUED)
 FINAL = (OutboxStatus.SENT, OutboxStatus.DEAD)
 WAITING = (OutboxStatus.PENDING, OutboxStatus.FAILED)
 ERROR_LIMIT = 4000
@@ -99,7 +102,7 @@ def order_status_changed(session: Session, order: Order, previous: OrderStatus |
     The payload is a snapshot of the order as it is now (identifiers, patient, procedures, steps),
     so the message says what was true when the change happened, however late it is delivered.
     """
-    if previous is order.status or not destinations_for(session, ORDER_STATUS):
+    if previous is order.status or order.status in PROCEDURE_REPORTED or not destinations_for(session, ORDER_STATUS):
         return []
     return enqueue(session, ORDER_STATUS, order_snapshot(order, previous, step), cause, order=order)
 

@@ -29,13 +29,13 @@ import re
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.commands import Cause
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (Appointment, AppointmentStatus, Order, ProcedureState, ProcedureStep, Resource, StepStation,
-                        StepStatus)
+from app.models import (Appointment, AppointmentStatus, Order, ProcedureState, ProcedureStep, RequestedProcedure,
+                        Resource, StepStation, StepStatus)
 from app.services import lifecycle
 from app.validation import clip, identifier
 from app.vocabulary import MODALITIES
@@ -54,9 +54,14 @@ def configure(session_factory: sessionmaker, zone: str) -> None:
     session_factory.configure(info=info)
 
 
+def site_zone(session: Session) -> ZoneInfo:
+    """The site's zone as configured for the session's factory (UTC when none is)."""
+    return ZoneInfo(session.info.get(ZONE_KEY) or "UTC")
+
+
 def local_now(session: Session) -> dt.datetime:
-    zone = ZoneInfo(session.info.get(ZONE_KEY) or "UTC")
-    return dt.datetime.now(zone).replace(tzinfo=None, second=0, microsecond=0)
+    """Now on the site's clock, to the minute (naive, as the core's clinical times are)."""
+    return dt.datetime.now(site_zone(session)).replace(tzinfo=None, second=0, microsecond=0)
 
 
 # Resources -------------------------------------------------------------------------------------
@@ -160,11 +165,15 @@ def _hours_text(resource: Resource, day: dt.date) -> str:
 
 
 def bookings(session: Session, resource: Resource, start: dt.datetime, end: dt.datetime) -> list[Appointment]:
-    """The BOOKED bookings of ``resource`` overlapping [start, end), by start."""
-    return list(session.scalars(
+    """The BOOKED bookings of ``resource`` overlapping [start, end), by start - the stored ones and those of this
+    unit of work not written yet (the steps of one order are booked before any of them is flushed)."""
+    stored = list(session.scalars(
         select(Appointment).where(Appointment.resource_fk == resource.id, Appointment.status == AppointmentStatus.BOOKED,
                                   Appointment.start < end, Appointment.end > start)
         .order_by(Appointment.start, Appointment.id)))
+    pending = [a for a in session.new if isinstance(a, Appointment) and a.booked_resource is resource
+               and a.status is AppointmentStatus.BOOKED and a.start < end and a.end > start]
+    return sorted(stored + pending, key=lambda a: a.start)
 
 
 def _describe(appointment: Appointment) -> str:
@@ -182,7 +191,7 @@ def check_free(session: Session, resource: Resource, start: dt.datetime, end: dt
                        f"(open {WEEKDAYS[start.weekday()]} {_hours_text(resource, start.date())})",
                        location="appointment.start")
     for other in bookings(session, resource, start, end):
-        if ignore is None or other.id != ignore.id:
+        if other is not ignore:
             raise Conflict(f"resource {resource.name} is taken from {start:%Y-%m-%d %H:%M} to {end:%H:%M}: "
                            f"{_describe(other)}", location="appointment.start")
 
@@ -248,13 +257,17 @@ def _place_step(step: ProcedureStep, resource: Resource, start: dt.datetime) -> 
         step.status = StepStatus.SCHEDULED
 
 
-def _settle(session: Session, step: ProcedureStep, cause: Cause) -> None:
-    """An ORDERED procedure whose steps all have a time and a place is SCHEDULED."""
-    proc = step.procedure
+def settle(session: Session, proc: RequestedProcedure | None, cause: Cause) -> bool:
+    """ORDERED -> SCHEDULED once every step of ``proc`` has a time and is not waiting for a slot (IHE RAD TF-2 4.4
+    RAD-4 "Procedure Scheduled"). The one owner of this transition: order placement, booking and rebooking all
+    call it; it does nothing for a procedure in any other state, so calling it again is harmless. True when it
+    moved the procedure."""
     if proc is None or proc.state is not ProcedureState.ORDERED or not proc.transitions:
-        return
+        return False
     if all(s.scheduled_start is not None and s.status is not StepStatus.UNSCHEDULED for s in proc.steps):
         lifecycle.transition(session, proc, ProcedureState.SCHEDULED, cause)
+        return True
+    return False
 
 
 def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.datetime, cause: Cause, *,
@@ -282,22 +295,187 @@ def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.da
             status=AppointmentStatus.BOOKED)
         _place_step(step, resource, start)
     session.add(appointment)
-    _settle(session, step, cause)
-    session.flush()
+    settle(session, step.procedure, cause)
+    order = step.procedure.order if step.procedure is not None else None
+    if order is None or all(s.scheduled_start is not None for p in order.procedures for s in p.steps):
+        session.flush()   # else another step of the order still waits for its slot: written with it
     return appointment
 
 
-def book_next_free(session: Session, step: ProcedureStep, cause: Cause, *,
-                   after: dt.datetime | None = None) -> Appointment:
-    """Book the earliest free slot that fits the step (its modality, its procedure code's slot length)."""
+def book_next_free(session: Session, step: ProcedureStep, cause: Cause, *, after: dt.datetime | None = None,
+                   resource: Resource | None = None) -> Appointment:
+    """Book the earliest free slot that fits the step (its modality, its procedure code's slot length), on
+    ``resource`` when given, else on any active resource that performs the modality."""
     with session.no_autoflush:
-        resource, start, _ = next_free_slot(session, step.modality, _code(step), after=after)
+        if resource is None:
+            resource, start, _ = next_free_slot(session, step.modality, _code(step), after=after)
+        else:
+            gap = _first_gap(session, resource, _code(step), after or local_now(session), HORIZON_DAYS)
+            if gap is None:
+                raise Conflict(f"no free slot for {step.modality} {_code(step)} within {HORIZON_DAYS} days on "
+                               f"{resource.name}", location="appointment.start")
+            start = gap[0]
     return book(session, step, resource, start, cause)
 
 
+def find_step(session: Session, *, step_id: int | None = None, sps_id: str = "",
+              accession: str = "") -> ProcedureStep:
+    """A step by its id, or by its SPS ID (with the order's accession number when several orders use it)."""
+    if step_id is not None:
+        step = session.get(ProcedureStep, step_id)
+        if step is None:
+            raise NotFound(f"no procedure step {step_id}", location="step_id")
+        return step
+    if not sps_id:
+        raise InvalidInput("name the step: step_id, or sps_id (and accession)", location="step_id", missing=True)
+    q = select(ProcedureStep).where(ProcedureStep.sps_id == sps_id)
+    if accession:
+        q = q.join(ProcedureStep.procedure).join(RequestedProcedure.order).where(Order.accession_number == accession)
+    found = session.scalars(q.order_by(ProcedureStep.id).limit(2)).all()
+    if not found:
+        raise NotFound(f"no procedure step {sps_id}" + (f" of accession {accession}" if accession else ""),
+                       location="sps_id")
+    if len(found) > 1:
+        raise Conflict(f"several orders have a step {sps_id}; give the accession too", location="accession")
+    return found[0]
+
+
+# Appointments from the HIS (SIU S12-S15, FHIR Appointment) -------------------------------------------------------
+def resource_named(session: Session, text: str) -> Resource | None:
+    """Our active resource a sender names (its name, station name or AE title), or None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    return session.scalars(select(Resource).where(
+        Resource.active.is_(True), or_(Resource.name == text, Resource.station_name == text,
+                                       Resource.ae_title == text)).order_by(Resource.id)).first()
+
+
+def apply_appointment(session: Session, appointment: Appointment, event: str, cause: Cause) -> ProcedureStep | None:
+    """What an appointment the HIS made (HL7 v2.5.1 ch. 10: S12 book, S13/S14 modify, S15 cancel; FHIR R4
+    Appointment) does to the order it is for: it times the order's first open step (one appointment, one Scheduled
+    Procedure Step).
+
+    - book/modify with a start: when the appointment names one of our resources (AIS-3.2 / AIL-3, Appointment
+      participants), it becomes that resource's booking of the step - Conflict (naming the clashing booking or the
+      opening hours) when the slot is not free; else, when the step is booked on a resource of ours, that booking
+      moves to the new time, with the same checks; else the step only takes the time. The step is SCHEDULED and an
+      ORDERED procedure is scheduled (:func:`settle`).
+    - cancel: the step the appointment timed waits for a new slot: UNSCHEDULED, its procedure ORDERED again.
+
+    Returns the step changed, or None (no order of ours, nothing open, no time)."""
+    order = appointment.order
+    if order is None:
+        return None
+    if event == "cancel":
+        step = appointment.step
+        if step is None or step.status not in BOOKABLE_STEPS:
+            return None
+        proc = step.procedure
+        if proc.state in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
+            lifecycle.check(proc, ProcedureState.ORDERED, action="cancel its appointment")
+        step.status = StepStatus.UNSCHEDULED
+        if proc.state in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
+            lifecycle.transition(session, proc, ProcedureState.ORDERED, cause,
+                                 note=f"appointment {appointment.filler_appointment_id or appointment.id} cancelled")
+        session.flush()
+        return step
+    if appointment.start is None or appointment.status is not AppointmentStatus.BOOKED:
+        return None
+    steps = [s for p in order.procedures for s in p.steps if s.status in BOOKABLE_STEPS]
+    if not steps:
+        return None
+    step, start = steps[0], appointment.start
+    resource = resource_named(session, appointment.resource) or resource_named(session, appointment.location)
+    existing = _booking_of(session, step) if step.id is not None else None
+    if resource is not None:
+        if step.modality not in (resource.modalities or []):
+            raise InvalidInput(f"resource {resource.name} does not perform {step.modality} "
+                               f"({', '.join(resource.modalities)})", location="appointment.resource")
+        length = (dt.timedelta(minutes=appointment.duration_minutes) if appointment.duration_minutes
+                  else slot_length(resource, _code(step)))
+        _lock(session, resource)
+        with session.no_autoflush:
+            check_free(session, resource, start, start + length, ignore=existing or appointment)
+            if existing is not None and existing is not appointment:
+                existing.status = AppointmentStatus.CANCELLED        # replaced by the HIS's appointment
+            appointment.booked_resource, appointment.end = resource, start + length
+            appointment.duration_minutes = length.total_seconds() / 60
+            appointment.step = step
+            _place_step(step, resource, start)
+    elif existing is not None and existing is not appointment:
+        reschedule(session, existing.id, start, cause)
+        appointment.step = step
+    else:
+        step.scheduled_start = start
+        if step.status is StepStatus.UNSCHEDULED:
+            step.status = StepStatus.SCHEDULED
+        appointment.step = step
+    session.flush()
+    settle(session, step.procedure, cause)
+    session.flush()
+    return step
+
+
+def room_day(session: Session, resource: Resource, day: dt.date) -> dict:
+    """A resource's day as plain data: its opening intervals, its bookings (with step, order and patient) and the
+    free intervals between them (site-local times)."""
+    intervals = opening_intervals(resource, day)
+    start = dt.datetime.combine(day, dt.time())
+    booked = bookings(session, resource, start, start + dt.timedelta(days=1))
+    free = []
+    for begin, stop in intervals:
+        t = begin
+        for other in booked:
+            if other.end <= t or other.start >= stop:
+                continue
+            if other.start > t:
+                free.append((t, other.start))
+            t = max(t, other.end)
+        if t < stop:
+            free.append((t, stop))
+    return {
+        "resource": resource_view(resource), "date": day.isoformat(),
+        "open": [[a.isoformat(), b.isoformat()] for a, b in intervals],
+        "bookings": [booking_view(a) for a in booked],
+        "free": [[a.isoformat(), b.isoformat()] for a, b in free],
+    }
+
+
+def resource_view(resource: Resource) -> dict:
+    return {"name": resource.name, "ae_title": resource.ae_title, "station_name": resource.station_name,
+            "modalities": list(resource.modalities or []), "opening_hours": resource.opening_hours,
+            "default_minutes": resource.default_minutes, "slot_minutes": resource.slot_minutes,
+            "active": resource.active}
+
+
+def booking_view(appointment: Appointment) -> dict:
+    step = appointment.step
+    proc = step.procedure if step is not None else None
+    order = appointment.order
+    patient = order.patient if order is not None else None
+    return {
+        "id": appointment.id, "resource": appointment.resource, "status": appointment.status.value,
+        "start": appointment.start.isoformat() if appointment.start else None,
+        "end": appointment.end.isoformat() if appointment.end else None,
+        "minutes": appointment.duration_minutes,
+        "step": ({"id": step.id, "sps_id": step.sps_id, "modality": step.modality, "status": step.status.value}
+                 if step is not None else None),
+        "procedure": ({"id": proc.id, "requested_procedure_id": proc.requested_procedure_id,
+                       "state": proc.state.value, "description": proc.description or proc.code_meaning}
+                      if proc is not None else None),
+        "order": ({"id": order.id, "accession_number": order.accession_number} if order is not None else None),
+        "patient": ({"patient_id": patient.patient_id, "name": patient.name} if patient is not None else None),
+        "placer_appointment_id": appointment.placer_appointment_id,
+        "filler_appointment_id": appointment.filler_appointment_id,
+    }
+
+
 def _booking_of(session: Session, step: ProcedureStep) -> Appointment | None:
-    return session.scalars(select(Appointment).where(Appointment.step_fk == step.id,
-                                                     Appointment.status == AppointmentStatus.BOOKED)).first()
+    """The step's booking of one of our resources (an SIU appointment that only timed the step is none)."""
+    return session.scalars(select(Appointment).where(
+        Appointment.step_fk == step.id, Appointment.resource_fk.is_not(None),
+        Appointment.status == AppointmentStatus.BOOKED)).first()
 
 
 def _booked(session: Session, appointment_id: int) -> Appointment:
@@ -353,13 +531,16 @@ def cancel_booking(session: Session, appointment_id: int, cause: Cause) -> Appoi
     return appointment
 
 
-def release_bookings(session: Session, order: Order) -> int:
-    """Free the slots of an order that was cancelled or discontinued (its procedures are closed by the caller)."""
-    step_ids = [s.id for p in order.procedures for s in p.steps if s.id is not None]
+def release_bookings(session: Session, order: Order, *, steps=None,
+                     status: AppointmentStatus = AppointmentStatus.CANCELLED) -> int:
+    """Free the slots of an order that was cancelled or discontinued (its procedures are closed by the caller), or of
+    ``steps`` only (a no-show: ``status`` NOSHOW)."""
+    chosen = steps if steps is not None else [s for p in order.procedures for s in p.steps]
+    step_ids = [s.id for s in chosen if s.id is not None]
     if not step_ids:
         return 0
     rows = session.scalars(select(Appointment).where(Appointment.step_fk.in_(step_ids),
                                                      Appointment.status == AppointmentStatus.BOOKED)).all()
     for appointment in rows:
-        appointment.status = AppointmentStatus.CANCELLED
+        appointment.status = status
     return len(rows)

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.commands import Cause, PerformedStepData
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (Order, OrderStatus, PerformedStatus, PerformedStep, Patient, ProcedureState, ProcedureStep,
-                        RequestedProcedure, StepStatus)
-from app.services import lifecycle
-from app.services.outbox import order_status_changed
+from app.models import (AppointmentStatus, Order, OrderStatus, PerformedStatus, PerformedStep, Patient, ProcedureState,
+                        ProcedureStep, RequestedProcedure, StepStatus, utcnow)
+from app.services import lifecycle, scheduling
 
 FINAL_STEP = (StepStatus.COMPLETED, StepStatus.DISCONTINUED, StepStatus.CANCELLED)
 
@@ -84,14 +83,13 @@ def start_performed_step(session: Session, data: PerformedStepData) -> Performed
         accession_number=data.accession_number, started_at=data.started_at,
     )
     session.add(performed)
-    if starts_proc:
-        lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause)
     if step is not None and step.status not in FINAL_STEP:
         step.status = StepStatus.IN_PROGRESS
         order = step.procedure.order
         if order.status == OrderStatus.SCHEDULED:
             order.status = OrderStatus.IN_PROGRESS
-            order_status_changed(session, order, OrderStatus.SCHEDULED, cause, step=step)
+    if starts_proc:
+        lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause, step=step)
     session.flush()
     return performed
 
@@ -118,21 +116,20 @@ def update_performed_step(session: Session, data: PerformedStepData) -> Performe
         performed.ended_at = data.ended_at
     if step is not None and ends and step.status not in FINAL_STEP:
         step.status = StepStatus.COMPLETED if new_status is PerformedStatus.COMPLETED else StepStatus.DISCONTINUED
-        _settle_procedure(session, proc, _cause(performed))
-        order = step.procedure.order
-        previous = order.status
-        _settle_order(order)
-        order_status_changed(session, order, previous, _cause(performed), step=step)
+        _settle_order(step.procedure.order)
+        _settle_procedure(session, proc, _cause(performed), step=step)
     session.flush()
     return performed
 
 
-def _settle_procedure(session: Session, proc: RequestedProcedure, cause: Cause) -> None:
+def _settle_procedure(session: Session, proc: RequestedProcedure, cause: Cause, *,
+                      step: ProcedureStep | None = None) -> None:
     """A procedure IN_PROGRESS whose steps are all final is COMPLETED (any step completed) or DISCONTINUED."""
     if proc.state is not ProcedureState.IN_PROGRESS or not all(s.status in FINAL_STEP for s in proc.steps):
         return
     done = any(s.status is StepStatus.COMPLETED for s in proc.steps)
-    lifecycle.transition(session, proc, ProcedureState.COMPLETED if done else ProcedureState.DISCONTINUED, cause)
+    lifecycle.transition(session, proc, ProcedureState.COMPLETED if done else ProcedureState.DISCONTINUED, cause,
+                         step=step)
 
 
 def patient_arrived(session: Session, patient: Patient, at: dt.datetime | None, cause: Cause) -> list[RequestedProcedure]:
@@ -148,12 +145,162 @@ def patient_arrived(session: Session, patient: Patient, at: dt.datetime | None, 
                ProcedureStep.scheduled_start < day + dt.timedelta(days=1))
         .order_by(RequestedProcedure.id).distinct()).all()
     for proc in procs:
-        lifecycle.transition(session, proc, ProcedureState.ARRIVED, cause, note=f"arrived {at:%Y-%m-%d %H:%M}")
-        for step in proc.steps:
-            if step.status is StepStatus.SCHEDULED:
-                step.status = StepStatus.ARRIVED
+        arrive(session, proc, cause, note=f"arrived {at:%Y-%m-%d %H:%M}")
     session.flush()
     return list(procs)
+
+
+# What people do (the board, the API) and what the jobs do --------------------------------------
+def find_procedure(session: Session, procedure_id: int) -> RequestedProcedure:
+    proc = session.get(RequestedProcedure, procedure_id)
+    if proc is None:
+        raise NotFound(f"no requested procedure {procedure_id}", location="procedure_id")
+    return proc
+
+
+OPEN_STEPS = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.READY)
+
+
+def arrive(session: Session, proc: RequestedProcedure, cause: Cause, *, note: str = "") -> RequestedProcedure:
+    """The patient is here: SCHEDULED -> ARRIVED; its scheduled steps ARRIVED (still in the worklist)."""
+    lifecycle.check(proc, ProcedureState.ARRIVED, action="mark the patient arrived")
+    for step in proc.steps:
+        if step.status is StepStatus.SCHEDULED:
+            step.status = StepStatus.ARRIVED
+    lifecycle.transition(session, proc, ProcedureState.ARRIVED, cause, note=note)
+    session.flush()
+    return proc
+
+
+def no_show(session: Session, proc: RequestedProcedure, cause: Cause, *, note: str = "no-show") -> RequestedProcedure:
+    """The patient did not come: SCHEDULED or ARRIVED -> ORDERED (waiting for a new slot); its open steps are
+    UNSCHEDULED (no longer in the worklist) and its bookings NOSHOW (the slots are free again)."""
+    if proc.state not in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
+        raise Conflict(f"{lifecycle.describe(proc)} is {proc.state.value}; cannot mark it a no-show (only a "
+                       "SCHEDULED or ARRIVED procedure can be)", location="procedure.state")
+    for step in proc.steps:
+        if step.status in OPEN_STEPS:
+            step.status = StepStatus.UNSCHEDULED
+    scheduling.release_bookings(session, proc.order, steps=proc.steps, status=AppointmentStatus.NOSHOW)
+    lifecycle.transition(session, proc, ProcedureState.ORDERED, cause, note=note)
+    session.flush()
+    return proc
+
+
+def start(session: Session, proc: RequestedProcedure, cause: Cause) -> RequestedProcedure:
+    """A person starts the procedure (a modality without MPPS): -> IN_PROGRESS, its open steps IN_PROGRESS, the
+    order IN_PROGRESS."""
+    lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="start it")
+    for step in proc.steps:
+        if step.status in OPEN_STEPS:
+            step.status = StepStatus.IN_PROGRESS
+    if proc.order.status is OrderStatus.SCHEDULED:
+        proc.order.status = OrderStatus.IN_PROGRESS
+    lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause)
+    session.flush()
+    return proc
+
+
+def complete(session: Session, proc: RequestedProcedure, cause: Cause) -> RequestedProcedure:
+    """A person completes a procedure in progress (a modality without MPPS): its steps in progress COMPLETED, the
+    procedure COMPLETED, the order COMPLETED once all its steps are done."""
+    if proc.state is not ProcedureState.IN_PROGRESS:
+        raise Conflict(f"{lifecycle.describe(proc)} is {proc.state.value}; cannot complete it (only a procedure IN "
+                       "PROGRESS can be)", location="procedure.state")
+    for step in proc.steps:
+        if step.status in (StepStatus.IN_PROGRESS, StepStatus.STARTED, *OPEN_STEPS):
+            step.status = StepStatus.COMPLETED
+    _settle_order(proc.order)
+    _settle_procedure(session, proc, cause)
+    session.flush()
+    return proc
+
+
+def mark_no_shows(session: Session, *, after_minutes: float, now: dt.datetime, limit: int = 200) -> list[int]:
+    """The no-show rule (a scheduled job): a SCHEDULED procedure none of whose steps started, and whose first step's
+    time is more than ``after_minutes`` before ``now`` (site-local), is a no-show. Each is claimed first - its open
+    steps go from SCHEDULED to UNSCHEDULED by a compare-and-set on their status, so of two engines sharing one
+    database exactly one marks it. Returns the procedure ids marked."""
+    due = now - dt.timedelta(minutes=after_minutes)
+    first = (select(ProcedureStep.procedure_fk, func.min(ProcedureStep.scheduled_start).label("first"))
+             .group_by(ProcedureStep.procedure_fk).subquery())
+    ids = list(session.scalars(
+        select(RequestedProcedure.id).join(first, first.c.procedure_fk == RequestedProcedure.id)
+        .where(RequestedProcedure.state == ProcedureState.SCHEDULED, first.c.first < due)
+        .order_by(RequestedProcedure.id).limit(limit)))
+    marked = []
+    cause = Cause("job", reference="no-show", sender=f"{after_minutes:g} minutes after the scheduled time")
+    for proc_id in ids:
+        if not _claim_steps(session, proc_id, (StepStatus.SCHEDULED,), StepStatus.UNSCHEDULED):
+            continue
+        proc = session.get(RequestedProcedure, proc_id, populate_existing=True)
+        if proc.state is not ProcedureState.SCHEDULED:
+            continue
+        scheduling.release_bookings(session, proc.order, steps=proc.steps, status=AppointmentStatus.NOSHOW)
+        lifecycle.transition(session, proc, ProcedureState.ORDERED, cause,
+                             note=f"no-show: not arrived {after_minutes:g} minutes after the scheduled time")
+        marked.append(proc_id)
+    session.flush()
+    return marked
+
+
+def discontinue_stale_steps(session: Session, *, stale_after: dict[str, float], now: dt.datetime,
+                            limit: int = 200) -> list[int]:
+    """Stale worklist housekeeping (a scheduled job): a step left in a status of ``stale_after`` (status -> hours)
+    for longer than its delay after its scheduled time (site-local ``now``) is DISCONTINUED and leaves the worklist;
+    a procedure whose steps are then all final is DISCONTINUED (COMPLETED when one was completed), an order whose
+    procedures are all closed likewise. Each step is claimed by a compare-and-set on its status. Returns the step
+    ids discontinued."""
+    done = []
+    for status_name, hours in sorted(stale_after.items()):
+        try:
+            status = StepStatus(status_name)
+        except ValueError:
+            raise InvalidInput(f"stale worklist housekeeping: {status_name!r} is not a step status",
+                               location="worklist_stale_hours") from None
+        ids = list(session.scalars(
+            select(ProcedureStep.id).where(ProcedureStep.status == status,
+                                           ProcedureStep.scheduled_start < now - dt.timedelta(hours=hours))
+            .order_by(ProcedureStep.id).limit(limit)))
+        for step_id in ids:
+            claimed = session.execute(
+                update(ProcedureStep).where(ProcedureStep.id == step_id, ProcedureStep.status == status)
+                .values(status=StepStatus.DISCONTINUED, updated_at=utcnow())
+                .execution_options(synchronize_session=False)).rowcount == 1
+            if not claimed:
+                continue
+            step = session.get(ProcedureStep, step_id, populate_existing=True)
+            proc = step.procedure
+            session.refresh(proc)
+            cause = Cause("job", reference="stale-worklist",
+                          sender=f"{status.value} for {hours:g} hours after the scheduled time")
+            if all(s.status in FINAL_STEP for s in proc.steps) and proc.state not in lifecycle.CLOSED | lifecycle.PERFORMED:
+                target = (ProcedureState.COMPLETED if any(s.status is StepStatus.COMPLETED for s in proc.steps)
+                          and proc.state is ProcedureState.IN_PROGRESS else ProcedureState.DISCONTINUED)
+                _close_order(proc.order)
+                lifecycle.transition(session, proc, target, cause,
+                                     note=f"stale in the worklist: {status.value} since {step.scheduled_start:%Y-%m-%d %H:%M}")
+            done.append(step_id)
+    session.flush()
+    return done
+
+
+def _claim_steps(session: Session, proc_id: int, statuses, to: StepStatus) -> bool:
+    """Move every step of the procedure in ``statuses`` to ``to`` with one compare-and-set; True when this session
+    moved at least one (so it owns the procedure's change)."""
+    result = session.execute(
+        update(ProcedureStep).where(ProcedureStep.procedure_fk == proc_id, ProcedureStep.status.in_(statuses))
+        .values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False))
+    return result.rowcount > 0
+
+
+def _close_order(order: Order) -> None:
+    """An order whose procedures' steps are all final is COMPLETED (one completed) or DISCONTINUED."""
+    steps = [s for p in order.procedures for s in p.steps]
+    if steps and all(s.status in FINAL_STEP for s in steps) and order.status not in (
+            OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.DISCONTINUED):
+        order.status = (OrderStatus.COMPLETED if any(s.status is StepStatus.COMPLETED for s in steps)
+                        else OrderStatus.DISCONTINUED)
 
 
 def _settle_order(order: Order) -> None:

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from interfaces import inputs
 from interfaces.fhir.errors import FhirError
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"   # identifier types: MR, ACSN, PLAC, FILL
@@ -130,6 +131,15 @@ def date_range(text: str) -> tuple[dt.datetime, dt.datetime, bool]:
     if not m:
         raise FhirError(400, "value", f"{text!r} is not a FHIR date of precision year, month, day or time")
     year, month, day, hour, minute, second, _frac, zone = m.groups()
+    if not inputs.FIRST_DAY.year <= int(year) <= inputs.LAST_DAY.year:   # the edge's bounds (interfaces.inputs)
+        raise FhirError(400, "value", f"{text!r} is out of range: dates from {inputs.FIRST_DAY} to {inputs.LAST_DAY}")
+    try:
+        return _range(text, year, month, day, hour, second, zone)
+    except ValueError:
+        raise FhirError(400, "value", f"{text!r} is not a date of the calendar") from None
+
+
+def _range(text, year, month, day, hour, second, zone) -> tuple[dt.datetime, dt.datetime, bool]:
     if hour is not None:
         start = parse_datetime(text)
         step = dt.timedelta(seconds=1) if second else dt.timedelta(minutes=1)
@@ -194,4 +204,4 @@ def reference_id(reference: str, resource_type: str, base_url: str = "") -> str 
 
 def numeric_id(value: str) -> int | None:
     """Our logical ids are the database keys: digits only (FHIR id: [A-Za-z0-9-.]{1,64})."""
-    return int(value) if value.isdigit() and len(value) < 19 else None
+    return int(value) if inputs.is_whole_number(value) else None

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import and_, false, func, literal, not_, or_
 
+from interfaces import inputs
 from interfaces.fhir.datatypes import date_range, numeric_id, reference_id
 from interfaces.fhir.errors import FhirError, issue
 
@@ -129,7 +130,7 @@ def _split(value: str) -> list[str]:
 
 
 def _whole(key: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not inputs.is_whole_number(value, low=low, high=high):
         raise FhirError(400, "value", f"{key}={value!r} must be a whole number from {low} to {high}", (key,))
     return int(value)
 

@@ -3,11 +3,14 @@ registered by the composition root (interfaces.runtime)."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 
 from interfaces.http.api import api
 from interfaces.http.outbox_api import outbox_api
+from interfaces.http.procedures_api import procedures_api
+from interfaces.http.scheduling_api import scheduling_api
 from interfaces.http.problems import register_problem_handlers
+from interfaces.inputs import RecordIdConverter, refuse_nul_characters
 
 
 def create_app(settings, session_factory, read_factory, *, blueprints=(), services=None) -> Flask:
@@ -20,9 +23,15 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     app.extensions["ris.read_sessions"] = read_factory
     app.extensions["ris.services"] = dict(services or {})
     app.json.sort_keys = False
+    # Every <int:...> of every blueprint is a record number with bounds (interfaces.inputs); set before any
+    # blueprint adds its routes.
+    app.url_map.converters["int"] = RecordIdConverter
+    app.before_request(lambda: refuse_nul_characters(request))   # first of every request's checks
     register_problem_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(outbox_api)
+    app.register_blueprint(procedures_api)
+    app.register_blueprint(scheduling_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

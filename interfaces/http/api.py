@@ -11,6 +11,8 @@ from app.db import unit_of_work
 from app.errors import Conflict, InvalidInput, NotFound, Unsupported
 from app.models import LinkStatus, MessageStatus, OrderStatus
 from app.queries import orders as views
+from app.queries import reports as report_views
+from interfaces import inputs
 from mappings.profile import ProfileError
 
 api = Blueprint("api", __name__)
@@ -29,10 +31,7 @@ def _choice(name: str, kind) -> str:
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidInput(f"limit={raw!r} must be a whole number from 1 to 1000", location="limit")
-    return int(raw)
+    return inputs.whole_number(request.args.get("limit", "100"), "limit", low=1, high=1000)
 
 
 @api.get("/health")
@@ -53,8 +52,12 @@ def list_orders():
 
 @api.get("/api/orders/<int:order_id>")
 def show_order(order_id: int):
+    """One order: each procedure with its lifecycle ``state`` and ``history`` (every transition with its time and
+    cause), and the order's ``reports``."""
     with _reader() as session:
         item = views.get_order(session, order_id)
+        if item is not None:
+            item["reports"] = report_views.order_reports(session, order_id)
     if item is None:
         raise NotFound(f"no order {order_id}", location="order_id")
     return jsonify(item)
@@ -69,16 +72,9 @@ def list_studies():
 
 
 def _time(name: str, source) -> dt.datetime | None:
+    """An ISO 8601 time filter as naive UTC (audit times); without an offset it is UTC."""
     raw = str(source.get(name, "") or "").strip()
-    if not raw:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not an ISO 8601 date or time", location=name) from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value
+    return inputs.moment(raw, name, None) if raw else None
 
 
 def _message_criteria(source) -> dict:
@@ -195,8 +191,8 @@ def test_mapping():
         raise InvalidInput("give either message (the HL7 text) or message_id (a stored message)", location="body")
     if message is not None and (not isinstance(message, str) or not message.strip()):
         raise InvalidInput("message must be the HL7 message as text", location="message")
-    if message_id is not None and (not isinstance(message_id, int) or isinstance(message_id, bool)):
-        raise InvalidInput("message_id must be a whole number", location="message_id")
+    if message_id is not None:
+        message_id = inputs.record_id(message_id if isinstance(message_id, int) else None, "message_id")
     if profile is not None and not isinstance(profile, str):
         raise InvalidInput("profile must be a profile name", location="profile")
     raw = message.replace("\r\n", "\r").replace("\n", "\r").encode("utf-8") if message is not None else None

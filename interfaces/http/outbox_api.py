@@ -10,11 +10,12 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from app.db import unit_of_work
-from app.errors import InvalidInput, NotFound
+from app.errors import NotFound
 from app.models import OutboxStatus
 from app.queries import outbox as views
 from app.services import outbox
 from interfaces.http.api import _choice, _limit
+from interfaces.inputs import record_id
 
 outbox_api = Blueprint("outbox_api", __name__)
 
@@ -23,9 +24,7 @@ def _order_id() -> int | None:
     raw = request.args.get("order_id", "").strip()
     if not raw:
         return None
-    if not raw.isdigit():
-        raise InvalidInput(f"order_id={raw!r} is not a whole number", location="order_id")
-    return int(raw)
+    return record_id(raw, "order_id")
 
 
 @outbox_api.get("/api/outbox")

@@ -1,7 +1,8 @@
 """HL7 v2 over MLLP to one destination (the HIS, IHE RAD-3): one persistent connection, ACK correlation.
 
-Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination); for the
-kind ``hl7.application_ack`` the application ACK the intake built (enhanced mode), with MSH-10 the row's message id;
+Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination) for
+kind ``order.status``, the ORU^R01 of a signed report for kind ``report``, the application ACK the intake built
+(enhanced mode) for kind ``hl7.application_ack``, with MSH-10 the row's message id;
 MSH-10 = the outbox row's stable ``message_id``, MSH-5/MSH-6 the destination's application and facility (default:
 the order's sender, MSH-3/MSH-4 of the message that placed it), MSH-7 now in the site's zone.
 
@@ -23,9 +24,10 @@ from zoneinfo import ZoneInfo
 from app.services.outbox import ORDER_STATUS
 from interfaces.hl7.ack import APPLICATION_ACK
 from interfaces.hl7.charsets import encode_text
+from app.services.reports import REPORT
 from config.outbound import Destination
 from interfaces.hl7.ack_reader import NotAnAck, read_ack
-from interfaces.hl7.writer import Header, encode, order_status_message
+from interfaces.hl7.writer import Header, encode, order_status_message, report_message
 from interfaces.mllp.client import MLLPClient, MLLPError
 from interfaces.outbound.channel import PermanentError, TransientError
 
@@ -49,7 +51,7 @@ class HL7MLLPChannel:
     def render(self, kind: str, payload: dict, message_id: str) -> bytes:
         if kind == APPLICATION_ACK:
             return self._application_ack(payload, message_id)
-        if kind != ORDER_STATUS:
+        if kind not in (ORDER_STATUS, REPORT):
             raise PermanentError(f"destination {self.name} (HL7 over MLLP) cannot send {kind!r} messages")
         sender = (payload.get("sender") or "").split("^")
         header = Header(
@@ -59,6 +61,8 @@ class HL7MLLPChannel:
             control_id=message_id, now=dt.datetime.now(self.zone).replace(microsecond=0),
         )
         try:
+            if kind == REPORT:
+                return encode(report_message(payload, header=header))
             return encode(order_status_message(payload, header=header, message=self.destination.message))
         except ValueError as exc:
             raise PermanentError(f"cannot write the HL7 message: {exc}") from None

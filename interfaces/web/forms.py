@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
+from interfaces import inputs
+
 
 class Form:
     """The submitted ``values`` (as typed, stripped) and the ``errors`` by field name."""
@@ -41,30 +43,25 @@ class Form:
         return value
 
     def date(self, name: str) -> dt.date | None:
-        value = self.values[name]
-        if not value:
-            return None
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            self.errors[name] = "Enter a date as YYYY-MM-DD."
-            return None
+        """A date YYYY-MM-DD within the bounds of interfaces.http.inputs."""
+        return self._read(name, lambda value: inputs.day(value, name))
 
     def datetime(self, name: str, zone=None) -> dt.datetime | None:
         """A date or date and time as typed (in ``zone`` when it has no offset), as naive UTC."""
+        return self._read(name, lambda value: inputs.moment(value, name, zone))
+
+    def number(self, name: str, *, low: int = 0, high: int = inputs.RECORD_ID_MAX) -> int | None:
+        return self._read(name, lambda value: inputs.whole_number(value, name, low=low, high=high))
+
+    def _read(self, name: str, parse):
         value = self.values[name]
         if not value:
             return None
         try:
-            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            self.errors[name] = "Enter a date and time as YYYY-MM-DD HH:MM."
+            return parse(value)
+        except inputs.BadValue as exc:
+            self.errors[name] = exc.advice
             return None
-        if parsed.tzinfo is None and zone is not None:
-            parsed = parsed.replace(tzinfo=zone)
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return parsed
 
     def check_order(self, first: str, last: str, a, b) -> None:
         if a is not None and b is not None and b <= a and last not in self.errors:

@@ -1,4 +1,5 @@
-"""The pages: procedure board, order, patient search and patient, message browser, audit log.
+"""The pages: procedure board (with arrival, no-show, start and completion where the role allows), order (with
+each procedure's status history and its reports), patient search and patient, message browser, audit log.
 
 Each page reads through the core's read models (app.queries), records who saw which patient's data
 (app.services.audit) and renders a template; analysts' actions call the services passed to create_app.
@@ -10,16 +11,19 @@ import datetime as dt
 import json
 from zoneinfo import ZoneInfo
 
-from flask import abort, current_app, render_template, request
+from flask import abort, current_app, g, redirect, render_template, request, url_for
 
+from app.commands import Cause
+from app.db import unit_of_work
 from app.models import MessageStatus, StepStatus
 from app.queries import board as board_views
 from app.queries import orders as order_views
 from app.queries import patients as patient_views
-from app.services import audit
+from app.queries import reports as report_views
+from app.services import audit, auth, tracking
 from interfaces.web import web
 from interfaces.web.forms import Form
-from interfaces.web.security import reader, record, requires, settings
+from interfaces.web.security import is_background, reader, record, requires, safe_next, sessions, settings
 
 STEP_STATUSES = tuple(s.value for s in StepStatus)
 MESSAGE_STATUSES = tuple(s.value for s in MessageStatus)
@@ -51,13 +55,40 @@ def board():
             rows = board_views.day_steps(db, day, modality=modality, station=station, status=status)
     for row in rows:
         groups.setdefault((row["modality"], row["station"] or "no station"), []).append(row)
-    if form.ok and request.headers.get("X-RIS-Refresh") != "1":  # the page's own auto refresh is not a new view
+    if form.ok and not is_background():  # the page's own auto refresh is not a new view
         record("view", entity="board", entity_id=day.isoformat(),
                detail=f"{len(rows)} procedures; filters {json.dumps(form.values, ensure_ascii=False)}")
     return render_template("board.html", form=form, day=day, groups=groups, count=len(rows), modalities=modalities,
+                           actions=BOARD_ACTIONS, here=request.full_path.rstrip("?"),
                            statuses=STEP_STATUSES, refreshed=dt.datetime.now(_zone()).strftime("%H:%M:%S"),
                            previous=(day - dt.timedelta(days=1)).isoformat(),
                            next=(day + dt.timedelta(days=1)).isoformat()), 200 if form.ok else 400
+
+
+# What the board offers a person for a procedure in each state (app.services.tracking; permission = action name).
+BOARD_ACTIONS = (("arrive", "Arrived", ("SCHEDULED",)), ("no-show", "No-show", ("SCHEDULED", "ARRIVED")),
+                 ("start", "Start", ("ORDERED", "SCHEDULED", "ARRIVED")), ("complete", "Complete", ("IN_PROGRESS",)))
+_TRACKING = {"arrive": tracking.arrive, "no-show": tracking.no_show, "start": tracking.start,
+             "complete": tracking.complete}
+
+
+@web.post("/board/procedures/<int:procedure_id>/<action>")
+@requires("board")
+def board_action(procedure_id: int, action: str):
+    """Arrival, no-show, start or completion of one procedure from the board (the role must allow the action)."""
+    if action not in _TRACKING:
+        abort(404, f"There is no action {action!r}.")
+    if not auth.may(g.user.role, action):
+        record("denied", entity="procedure", entity_id=procedure_id, detail=action)
+        abort(403)
+    cause = Cause("user", reference=g.user.username, sender=f"{g.user.role} via web")
+    with unit_of_work(sessions()) as db:
+        proc = tracking.find_procedure(db, procedure_id)
+        _TRACKING[action](db, proc, cause)
+        patient_key, accession = proc.order.patient.patient_id, proc.order.accession_number
+    record("change", entity="procedure", entity_id=procedure_id, patient_key=patient_key,
+           detail=f"{action} (order {accession})")
+    return redirect(safe_next(request.form.get("next", "")) if request.form.get("next") else url_for("web.board"))
 
 
 # Order ---------------------------------------------------------------------------------------
@@ -68,11 +99,16 @@ def order(order_id: int):
         item = order_views.get_order(db, order_id)
         if item is None:
             abort(404, f"There is no order {order_id}.")
-        reports = patient_views.order_reports(db, order_id)
+        reports = report_views.order_reports(db, order_id)
         history = order_views.search_messages(db, accession=item["accession_number"], limit=50)
+    zone = _zone()
+    for proc in item["procedures"]:
+        for moved in proc["history"]:
+            at = dt.datetime.fromisoformat(moved["at"]).replace(tzinfo=dt.timezone.utc).astimezone(zone)
+            moved["local_at"] = at.strftime("%Y-%m-%d %H:%M:%S")
     record("view", entity="order", entity_id=order_id, patient_key=item["patient"]["patient_id"],
            detail=f"accession {item['accession_number']}")
-    return render_template("order.html", order=item, reports=reports, history=history)
+    return render_template("order.html", order=item, reports=reports, history=history, zone=settings().site_timezone)
 
 
 # Patients ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Sign-in, roles, CSRF and the audit trail of the web side.
 
 - Sessions: Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when RIS_COOKIE_SECURE), ending after
-  RIS_SESSION_IDLE_MINUTES without a request; it holds the user id and a fingerprint of the password hash,
-  so a changed password or a deactivated user ends every session at the next request.
+  RIS_SESSION_IDLE_MINUTES without a request of the user (a page's own background refresh, header
+  ``X-RIS-Refresh: 1``, does not count: :class:`IdleExpirySessions`); it holds the user id and a fingerprint
+  of the password hash, so a changed password or a deactivated user ends every session at the next request.
 - CSRF: a random token per session, required in every POST form (``csrf_token``) and, for API calls
   authenticated by the cookie, in the ``X-CSRF-Token`` header of every unsafe method.
 - Roles: pages check a permission of app.services.auth and answer 403 to a user without it.
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from app.db import unit_of_work
@@ -61,6 +63,27 @@ def _stored_secret(data_dir) -> str:
     return path.read_text().strip()
 
 
+BACKGROUND_HEADER = "X-RIS-Refresh"   # sent by the pages' own refreshes (board.js); "1" = not the user's doing
+
+
+def is_background() -> bool:
+    """Whether the request is one a page made by itself (the board's auto refresh), not an action of its user."""
+    return request.headers.get(BACKGROUND_HEADER) == "1"
+
+
+class IdleExpirySessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, renewed by every request of the user but not by background requests: the
+    board's refresh every 30 s would otherwise keep a session alive for as long as a screen shows the board, and
+    RIS_SESSION_IDLE_MINUTES would never end it. A background request is served as usual (a session that has ended
+    gets the sign-in page), but its response carries no renewed cookie, so the cookie's signed time stays that of
+    the user's last own request."""
+
+    def should_set_cookie(self, app, session) -> bool:
+        if is_background():
+            return False
+        return super().should_set_cookie(app, session)
+
+
 @web.record_once
 def _setup(state) -> None:
     app = state.app
@@ -75,6 +98,7 @@ def _setup(state) -> None:
                       SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=settings.cookie_secure,
                       PERMANENT_SESSION_LIFETIME=dt.timedelta(minutes=settings.session_idle_minutes),
                       SESSION_REFRESH_EACH_REQUEST=True)
+    app.session_interface = IdleExpirySessions()
     app.jinja_env.globals.update(may=lambda permission: bool(g.get("user")) and auth.may(g.user.role, permission),
                                  csrf_token=csrf_token)
 
@@ -246,7 +270,7 @@ def _unexpected(exc: Exception):
 
 
 # Sign in and out -----------------------------------------------------------------------------
-def _safe_next(target: str) -> str:
+def safe_next(target: str) -> str:
     """Only a path of this site (no scheme, no host, no '//' or '\\' tricks) is followed after sign-in."""
     parts = urlsplit(target)
     if not target.startswith("/") or target.startswith(("//", "/\\")) or parts.scheme or parts.netloc:
@@ -258,7 +282,7 @@ def _safe_next(target: str) -> str:
 def login():
     form = Form(request.form if request.method == "POST" else request.args, ("username", "password", "next"))
     form.values["password"] = ""  # never sent back
-    next_page = _safe_next(form.values["next"] or "/")
+    next_page = safe_next(form.values["next"] or "/")
     if request.method == "GET":
         if g.user is not None:
             return redirect(next_page)

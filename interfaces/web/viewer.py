@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Response, abort, render_template, request, url_for
 
 from app.queries import images as image_views
+from interfaces import inputs
 from interfaces.web import web
 from interfaces.web.rendering import PRESETS, frame_count, render_png
 from interfaces.web.security import reader, record, requires, settings
@@ -16,9 +17,10 @@ from interfaces.web.security import reader, record, requires, settings
 def _index(name: str, size: int) -> int:
     """A 1-based position from the query string as a 0-based index; bad values answer 400, not 500."""
     raw = request.args.get(name, "1").strip() or "1"
-    if not raw.isdigit() or not 1 <= int(raw) <= max(size, 1):
-        abort(400, f"{name}={raw!r} must be a whole number from 1 to {max(size, 1)}.")
-    return int(raw) - 1
+    try:
+        return inputs.whole_number(raw, name, low=1, high=max(size, 1)) - 1
+    except inputs.BadValue as exc:
+        abort(400, f"{exc.message}.")
 
 
 def _preset() -> str:

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from sqlalchemy.orm import sessionmaker
 
 from app.commands import (Cause, OrderData, OrderRef, PatientData, PerformedStepData, PlaceOrder, ProcedureData,
                           StepData)
@@ -104,8 +105,12 @@ def dispatcher(out_settings, session_factory) -> Dispatcher:
 
 
 def place_order(session_factory, settings, accession: str, *, patient_id: str = "P-1", name: str = "MÜLLER^ANNA",
-                placer: str = "", steps: int = 1) -> str:
-    """An order placed as the HIS's NW places it (RAD-2), through the core's command dispatcher."""
+                placer: str = "", steps: int = 1, reported: bool = False) -> str:
+    """An order placed as the HIS's NW places it (RAD-2), through the core's command dispatcher. Unless
+    ``reported``, it is placed by a session without outbox routes (as before the destination was configured): its
+    SCHEDULED feedback is not what most of these tests look at."""
+    if not reported:
+        session_factory = sessionmaker(bind=session_factory.kw["bind"], expire_on_commit=False)
     command = PlaceOrder(
         patient=PatientData(patient_id=patient_id, issuer="HOSP", name=name, birth_date=dt.date(1980, 1, 2),
                             birth_date_given=True, sex="F"),

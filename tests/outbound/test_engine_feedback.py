@@ -38,25 +38,25 @@ def test_order_performed_over_dicom_is_reported_to_the_his(settings, receiver):
             uid = generate_uid()
             attrs = create_attrs(accession="FB-ACC-1", sps_id="FB-SPS-1")
             assert assoc.send_n_create(attrs, MPPS, uid)[0].Status == statuses.SUCCESS
-            assert wait_until(lambda: len(receiver.received) >= 1, timeout=20)
+            assert wait_until(lambda: len(receiver.received) >= 2, timeout=20)
             assert assoc.send_n_set(set_attrs("COMPLETED"), MPPS, uid)[0].Status == statuses.SUCCESS
         finally:
             assoc.release()
-        assert wait_until(lambda: len(receiver.received) >= 2, timeout=20)
-        assert receiver.statuses() == ["IP", "CM"]
+        assert wait_until(lambda: len(receiver.received) >= 3, timeout=20)
+        assert receiver.statuses() == ["SC", "IP", "CM"]
         for msg in receiver.messages:
             assert msg.raw("ORC", 2) == "FB-PL-1^HIS" and msg.value("OBR", 18) == "FB-ACC-1"
             assert msg.raw("PID", 3) == "FB-PAT-1^^^HOSP" and msg.raw("PID", 5) == "FEEDBACK^FRIDA"
             assert msg.value("OBR", 20) == "FB-SPS-1" and msg.value("OBR", 24) == "CT"
         url = f"http://127.0.0.1:{engine.http_port}/api/outbox?destination=his"
-        assert wait_until(lambda: _json(url)["count"] == 2 and
+        assert wait_until(lambda: _json(url)["count"] == 3 and
                           {m["status"] for m in _json(url)["messages"]} == {"SENT"}, timeout=10)
         listed = _json(url)["messages"]
         assert [m["message_id"] for m in reversed(listed)] == receiver.control_ids()
-        assert {m["cause"]["kind"] for m in listed} == {"mpps"}
+        assert [m["cause"]["kind"] for m in reversed(listed)] == ["hl7", "mpps", "mpps"]
     finally:
         engine.stop()
-    assert len(receiver.received) == 2                                  # nothing sent twice
+    assert len(receiver.received) == 3                                  # nothing sent twice
 
 
 def _json(url: str):

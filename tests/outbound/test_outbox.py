@@ -39,22 +39,26 @@ def test_nothing_is_written_without_routes(session_factory, settings):
     assert rows(session_factory) == []
 
 
-def test_each_order_status_change_is_one_row_per_destination(routed, settings):
-    place_order(routed, settings, "A1", steps=2)
-    assert rows(routed) == []                          # placing the order is not a change of its status
+def test_each_tracked_transition_is_one_row_per_destination(routed, settings):
+    place_order(routed, settings, "A1", steps=2, reported=True)
+    [scheduled] = rows(routed)                         # placed with a time: SCHEDULED (RAD-3 "SC")
+    assert (scheduled.payload["event"], scheduled.payload["procedure_state"], scheduled.payload["procedure"],
+            scheduled.cause_kind, scheduled.cause_reference) == ("procedure", "SCHEDULED", "RP-A1", "hl7", "NW-A1")
+    assert scheduled.payload["previous_state"] == "ORDERED"
     uid1 = mpps(routed, "A1", "IN PROGRESS", sps=1)
     uid2 = mpps(routed, "A1", "IN PROGRESS", sps=2)    # the order is already in progress: nothing new
     mpps(routed, "A1", "COMPLETED", uid=uid1)          # one step left: the order is still in progress
     mpps(routed, "A1", "COMPLETED", uid=uid2)
-    his = rows(routed)
-    assert [r.payload["status"] for r in his] == ["IN_PROGRESS", "COMPLETED"]
-    assert [r.payload["status"] for r in rows(routed, "lab")] == ["IN_PROGRESS", "COMPLETED"]
+    his = rows(routed)[1:]
+    assert [r.payload["procedure_state"] for r in his] == ["IN_PROGRESS", "COMPLETED"]   # the procedure's moves
+    assert [r.payload["status"] for r in his] == ["IN_PROGRESS", "COMPLETED"]            # the order's status then
+    assert [r.payload["procedure_state"] for r in rows(routed, "lab")] == ["SCHEDULED", "IN_PROGRESS", "COMPLETED"]
     first = his[0]
     assert (first.kind, first.status, first.attempts, first.rendered) == (outbox.ORDER_STATUS, OutboxStatus.PENDING,
                                                                          0, None)
     assert first.message_id == outbox.message_id(first.id) and first.order_fk == first.payload["order_id"]
     assert (first.cause_kind, first.cause_reference) == ("mpps", uid1)
-    assert first.payload["previous_status"] == "SCHEDULED" and first.payload["step_id"] == "SPS-A1-1"
+    assert first.payload["previous_state"] == "SCHEDULED" and first.payload["step_id"] == "SPS-A1-1"
     assert first.payload["patient"]["name"] == "MÜLLER^ANNA"
     assert his[1].payload["procedures"][0]["steps"][1]["status"] == "COMPLETED"
 

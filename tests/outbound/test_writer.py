@@ -116,3 +116,41 @@ def test_read_ack():
         read_ack(b"HELLO")
     with pytest.raises(NotAnAck, match="no MSA"):
         read_ack(b"MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||ADT^A01|A4|P|2.5\rPID|||1\r")
+
+
+def test_a_procedure_transition_is_one_orc_obr_pair_with_its_state():
+    from interfaces.hl7.writer import PROCEDURE_STATUS_CODES
+
+    two = snapshot(procedures=[dict(snapshot()["procedures"][0]),
+                               dict(snapshot()["procedures"][0], requested_procedure_id="RP-2")])
+    for state, code in PROCEDURE_STATUS_CODES.items():
+        payload = dict(two, event="procedure", procedure="RP-2", procedure_state=state, previous_state="ORDERED")
+        msg = parse(order_status_message(payload, header=HEADER))
+        assert msg.segment_names() == ["MSH", "PID", "ORC", "OBR"]               # only the procedure that moved
+        assert (msg.value("ORC", 1), msg.value("ORC", 5), msg.value("OBR", 19)) == ("SC", code, "RP-2")
+        assert msg.value("ORC", 25) == state and msg.value("ORC", 25, comp=3) == "99RIS"
+    assert PROCEDURE_STATUS_CODES["ARRIVED"] == "IP" and PROCEDURE_STATUS_CODES["SCHEDULED"] == "SC"
+    with pytest.raises(ValueError, match="procedure state 'ORDERED' has no HL7 table 0038 code"):
+        order_status_message(dict(two, event="procedure", procedure="RP-2", procedure_state="ORDERED"), header=HEADER)
+    with pytest.raises(ValueError, match="no requested procedure 'RP-9'"):
+        order_status_message(dict(two, event="procedure", procedure="RP-9", procedure_state="ARRIVED"), header=HEADER)
+
+
+def test_oru_of_a_signed_report():
+    from interfaces.hl7.writer import report_message
+
+    payload = {"result_status": "C", "text": "Line | one\r\nLine ^ two", "signed_by": "rad", "signed_by_name": "",
+               "signed_at": "2026-12-03T12:00:00", "performed_at": "2026-12-03T08:00:00", "accession_number": "ACC-1",
+               "placer_order_number": "PL-1", "placer_issuer": "HIS", "filler_order_number": "",
+               "patient": {"patient_id": "P-1", "issuer": "HOSP", "name": "MÜLLER^ANNA"},
+               "procedure": {"requested_procedure_id": "RP-1", "code_value": "CTH", "code_meaning": "CT head",
+                             "code_scheme": "L", "study_instance_uid": "1.2.3", "modality": "CT"}}
+    msg = parse(report_message(payload, header=HEADER))
+    assert msg.segment_names() == ["MSH", "PID", "ORC", "OBR", "OBX", "OBX", "OBX"]
+    assert msg.raw("MSH", 9) == "ORU^R01^ORU_R01" and (msg.value("ORC", 1), msg.value("ORC", 5)) == ("RE", "CM")
+    assert [msg.value("OBR", n) for n in (7, 18, 19, 22, 24, 25, 32)] == [
+        "20261203090000+0100", "ACC-1", "RP-1", "20261203130000+0100", "CT", "C", "rad"]   # UTC times in MSH-7's zone
+    assert [s.value(5) for s in msg.all("OBX")] == ["Line | one", "Line ^ two", "1.2.3"]     # escaped, read back
+    assert [s.value(11) for s in msg.all("OBX")] == ["C", "C", "C"] and msg.all("OBX")[2].value(3) == "110180"
+    with pytest.raises(ValueError, match="result status 'X' is not one of P, F, C"):
+        report_message(dict(payload, result_status="X"), header=HEADER)

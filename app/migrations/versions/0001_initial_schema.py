@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 04:52:52.779113
+Create Date: 2026-12-04 06:37:55.528045
 """
 from alembic import op
 import sqlalchemy as sa
@@ -70,6 +70,8 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('processed_at', sa.DateTime(), nullable=True),
     sa.Column('duration_ms', sa.Float(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=128), server_default='', nullable=False),
+    sa.Column('claimed_until', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['batch_fk'], ['inbound_messages.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['duplicate_of_fk'], ['inbound_messages.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')

@@ -1,4 +1,5 @@
 // Procedure board: refresh the results every 30 seconds while the tab is visible (the filters stay as typed).
+// A refresh is a background request (X-RIS-Refresh: 1): it does not count as activity, so an idle session ends.
 (function () {
   "use strict";
   var box = document.getElementById("auto-refresh");
@@ -12,7 +13,10 @@
       .then(function (html) {
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("board-results");
-        if (fresh) { results.replaceChildren.apply(results, Array.from(fresh.childNodes)); }
+        // No board in the answer: the session ended (idle expiry; a refresh does not renew it). Reload, so the
+        // sign-in page shows instead of a board that silently stopped changing.
+        if (!fresh) { window.location.reload(); return; }
+        results.replaceChildren.apply(results, Array.from(fresh.childNodes));
         var when = doc.getElementById("refreshed");
         if (when && stamp) { stamp.textContent = when.textContent; }
       })
