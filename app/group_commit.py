@@ -14,6 +14,10 @@ caller gets its value. The leader goes on with the next group until its own job 
 lead to a waiting caller. A caller that arrives alone commits its job in its own thread, with no hand-over to
 another thread, so one connection pays no latency for the grouping of many.
 
+:meth:`submit` queues a job for a caller with something else to do meanwhile (the C-STORE handler flushes the
+file to disk while its index entry commits) and returns a Future. Nobody waits on such a job to lead, so when
+no caller leads, or the lead would pass to it, a committer thread of our own leads until nothing is waiting.
+
 A caller's value is therefore durable when :meth:`run` returns, exactly as with its own unit of work, and the
 jobs of a group see each other's changes in submission order (the order callers would have committed in anyway).
 If the group commit itself fails, every caller of the group gets the exception and nothing of the group is kept.
@@ -28,6 +32,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,20 +49,27 @@ class GroupCommitStopped(RuntimeError):
 
 
 class _Entry:
-    """One submitted job and its caller's rendezvous: woken once, either with the job's outcome or to lead."""
+    """One submitted job and its caller's rendezvous: woken once, either with the job's outcome or to lead. A job
+    queued by :meth:`GroupCommitter.submit` has a future instead of a waiting caller (it is never asked to lead)."""
 
-    __slots__ = ("job", "wake", "done", "ok", "value")
+    __slots__ = ("job", "wake", "done", "ok", "value", "future")
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, future: Future | None = None):
         self.job = job
         self.wake = threading.Event()
         self.done = False
         self.ok = False
         self.value: Any = None
+        self.future = future
 
     def finish(self, ok: bool, value: Any) -> None:
         self.ok, self.value, self.done = ok, value, True
         self.wake.set()
+        if self.future is not None:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
 
     def result(self) -> Any:
         if self.ok:
@@ -81,8 +93,10 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._leading = False
         self._running = False
+        self._thread_lead: ThreadPoolExecutor | None = None   # leads for submitted jobs
 
     def start(self) -> "GroupCommitter":
+        self._thread_lead = ThreadPoolExecutor(1, thread_name_prefix=self.name)
         self._running = True
         return self
 
@@ -93,8 +107,10 @@ class GroupCommitter:
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._pending and not self._leading:
-                    return
+                    break
             time.sleep(0.01)
+        if self._thread_lead is not None:
+            self._thread_lead.shutdown(wait=False)
 
     def run(self, job: Job) -> Any:
         """Run ``job`` in the next group; return its value once the group is committed (or raise its error).
@@ -114,16 +130,51 @@ class GroupCommitter:
                 return entry.result()
         try:   # this caller leads until its own job is committed
             while not entry.done:
-                with self._lock:
-                    group = [self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))]
-                self._commit_group(group)
+                self._commit_next_group()
         finally:
-            with self._lock:
-                if self._pending:
-                    self._pending[0].wake.set()   # the lead passes on (self._leading stays True)
-                else:
-                    self._leading = False
+            self._pass_lead()
         return entry.result()
+
+    def submit(self, job: Job) -> Future:
+        """Queue ``job`` for the next group without waiting: its future gives the value (or the error) once the
+        group is committed. Durable, like :meth:`run`'s value, when the future is done."""
+        entry = _Entry(job, Future())
+        with self._lock:
+            if not self._running:
+                raise GroupCommitStopped("group commit is not running")
+            self._pending.append(entry)
+            lead, self._leading = not self._leading, True
+        if lead:
+            self._thread_lead.submit(self._lead_while_waiting)
+        return entry.future
+
+    def _commit_next_group(self) -> None:
+        with self._lock:
+            group = [self._pending.popleft() for _ in range(min(self.max_group, len(self._pending)))]
+        self._commit_group(group)
+
+    def _pass_lead(self) -> None:
+        """The lead goes to the oldest caller waiting in :meth:`run` (self._leading stays True), else to the
+        committer thread when only submitted jobs wait, else nobody leads."""
+        with self._lock:
+            waiting = next((e for e in self._pending if e.future is None), None)
+            if waiting is not None:
+                waiting.wake.set()
+                return
+            if not self._pending:
+                self._leading = False
+                return
+        self._thread_lead.submit(self._lead_while_waiting)
+
+    def _lead_while_waiting(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending or any(e.future is None for e in self._pending):
+                        break
+                self._commit_next_group()
+        finally:
+            self._pass_lead()
 
     def _commit_group(self, group: list[_Entry]) -> None:
         started = time.perf_counter()

@@ -1,5 +1,5 @@
-"""GroupCommitter on the real database: values durable when run() returns, a failing job rolled back alone,
-a failed group commit reported to every caller, concurrent callers grouped."""
+"""GroupCommitter on the real database: values durable when run() returns (or a submitted job's future is done), a
+failing job rolled back alone, a failed group commit reported to every caller, concurrent callers grouped."""
 
 from __future__ import annotations
 
@@ -98,11 +98,51 @@ def test_a_failed_commit_fails_every_caller_of_the_group_and_keeps_nothing(commi
     assert stored_raws(session_factory) == [b"MSH|after"]
 
 
+def test_submitted_jobs_commit_without_a_waiting_caller(committer, session_factory):
+    """submit() returns at once; a committer thread leads when nobody waits in run(), and hands the lead to a
+    caller of run() that arrives meanwhile. Every value is durable when its future is done."""
+    futures = [committer.submit(store_job(f"MSH|s{i}".encode())) for i in range(20)]
+    ran = committer.run(store_job(b"MSH|run"))
+    values = [f.result(timeout=10) for f in futures]
+    assert len(set(values + [ran])) == 21
+    assert sorted(stored_raws(session_factory)) == sorted([b"MSH|run"] + [f"MSH|s{i}".encode() for i in range(20)])
+
+    def failing(session):
+        raise ValueError("unreadable header")
+    with pytest.raises(ValueError, match="unreadable header"):
+        committer.submit(failing).result(timeout=10)
+    assert committer.submit(store_job(b"MSH|after")).result(timeout=10) > 0   # the committer goes on
+
+
+def test_submitted_and_waiting_callers_mixed_from_many_threads(committer, session_factory):
+    count = 32
+    gate = threading.Barrier(count)
+    futures = []
+
+    def call(i):
+        gate.wait(10)
+        if i % 2:
+            futures.append(committer.submit(store_job(f"MSH|{i}".encode())))
+        else:
+            committer.run(store_job(f"MSH|{i}".encode()))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for f in futures:
+        f.result(timeout=10)
+    assert sorted(stored_raws(session_factory)) == sorted(f"MSH|{i}".encode() for i in range(count))
+
+
 def test_stopped_committer_refuses_new_jobs(session_factory):
     committer = GroupCommitter(session_factory).start()
     committer.stop()
     with pytest.raises(GroupCommitStopped):
         committer.run(store_job(b"MSH|late"))
+    with pytest.raises(GroupCommitStopped):
+        committer.submit(store_job(b"MSH|late"))
 
 
 def test_intake_takes_the_group_path(settings, session_factory, committer):
