@@ -41,6 +41,7 @@ def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL
         intake = HL7Intake(settings, session_factory, load_profiles(settings))
     return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
                       services={"reprocess_message": intake.reprocess,
+                                "mapping_profiles": intake.profiles,
                                 "describe_mappings": intake.profiles.describe,
                                 "test_mapping": functools.partial(mapping_test, intake, settings)})
 

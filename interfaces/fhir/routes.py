@@ -33,7 +33,6 @@ from interfaces.fhir.interactions import (conditional_update, create_resource, f
                                           load as _load, parse_resource, read_json, update_resource,
                                           version_headers as _version_headers)
 from interfaces.fhir.registry import included, includes, revincludes
-from mappings.profile import ProfileSet
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -55,10 +54,11 @@ def _base() -> str:
 
 
 def _context(session) -> Context:
+    """What a translation needs, with the engine's one mapping profile set (passed in by the composition
+    root, interfaces.runtime.build_wsgi_app, as the HL7 intake's): a file that no longer loads is refused
+    there and the last good version of its profile stays active, so one bad file never fails FHIR."""
     settings = current_app.config["RIS_SETTINGS"]
-    profiles = current_app.extensions.get("ris.fhir.profiles")
-    if profiles is None:
-        profiles = current_app.extensions["ris.fhir.profiles"] = ProfileSet(settings.mappings_path)
+    profiles = current_app.extensions["ris.services"]["mapping_profiles"]
     profile = profiles.get(settings.mapping_profile)
     ctx = Context(site_tz=ZoneInfo(settings.site_timezone), uid_root=settings.uid_root, base_url=_base(),
                   accession_prefix=profile.accession_prefix, tables=profile.tables, session=session)
