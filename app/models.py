@@ -220,6 +220,10 @@ class RequestedProcedure(Base):
     priority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     state: Mapped[ProcedureState] = mapped_column(_enum(ProcedureState), nullable=False, default=ProcedureState.ORDERED,
                                                   index=True)
+    # The elements of the FHIR ServiceRequest last written for this procedure that the core keeps no field
+    # for, as the client sent them (contained resources, notes, references into them; interfaces.fhir);
+    # None for a procedure never written over FHIR.
+    fhir_elements: Mapped[Optional[dict]] = mapped_column(JSON)
 
     order: Mapped[Order] = relationship(back_populates="procedures")
     transitions: Mapped[list["ProcedureTransition"]] = relationship(

@@ -216,9 +216,9 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
 def _answer(kind, obj, rendered: dict, status: int, base: str, prefer: str) -> dict:
     response = {"status": status_line(status), "lastModified": rendered["meta"]["lastUpdated"]}
     if kind.versioned:
-        response["etag"] = f'W/"{obj.version}"'
+        response["etag"] = f'W/"{kind.version(obj)}"'
     if status == 201:
-        response["location"] = f"{kind.name}/{obj.id}" + (f"/_history/{obj.version}" if kind.versioned else "")
+        response["location"] = f"{kind.name}/{obj.id}" + (f"/_history/{kind.version(obj)}" if kind.versioned else "")
     answer = {"fullUrl": f"{base}/{kind.name}/{obj.id}", "response": response}
     if prefer != "minimal":
         answer["resource"] = rendered

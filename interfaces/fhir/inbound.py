@@ -27,7 +27,7 @@ import json
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work
-from app.models import InboundMessage, MessageStatus, Order, Patient
+from app.models import InboundMessage, MessageStatus, Order, Patient, RequestedProcedure
 from app.services.messages import finish, store_received
 
 TRANSPORT = "fhir"
@@ -71,6 +71,8 @@ def store(factory, *, method: str, path: str, query: str, body: bytes, peer: str
 
 def _keys(row: InboundMessage, written) -> None:
     """The patient and accession columns of the message (the analyst's search), from what it wrote."""
+    if isinstance(written, RequestedProcedure):
+        written = written.order
     if isinstance(written, Order):
         row.accession_number = (written.accession_number or "")[:16]
         written = written.patient

@@ -57,7 +57,7 @@ def load(kind, session, rid: str):
 def version_headers(kind, obj, resource: dict) -> dict:
     headers = {"Last-Modified": resource["meta"]["lastUpdated"]}
     if kind.versioned:
-        headers["ETag"] = f'W/"{obj.version}"'
+        headers["ETag"] = f'W/"{kind.version(obj)}"'
     return headers
 
 
@@ -84,11 +84,51 @@ def parse_resource(type_name: str, data: dict):
     if given != type_name:
         raise FhirError(400, "invalid", f"resourceType {given!r} does not match the URL ({type_name})",
                         (f"{type_name}.resourceType",) if given is None else ())
+    check_contained(type_name, data)
     model = get_fhir_model_class(type_name)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(type_name, exc, r5_hint=is_r5(type_name, data)) from None
+
+
+def _local_references(node) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value.startswith("#"):
+                found.add(value)
+            else:
+                found |= _local_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _local_references(item)
+    return found
+
+
+def check_contained(type_name: str, data: dict) -> None:
+    """The R4 invariants on contained resources (resource.html#invs, references.html#contained): dom-2 a
+    contained resource SHALL NOT contain nested resources; dom-3 it SHALL be referred to from elsewhere in
+    the resource (or refer to the containing resource, '#'). 400 naming the contained resource."""
+    contained = data.get("contained")
+    if not isinstance(contained, list):
+        return
+    for i, item in enumerate(contained):
+        if not isinstance(item, dict):
+            continue
+        where, name = f"{type_name}.contained[{i}]", f"{item.get('resourceType')}/{item.get('id')}"
+        if item.get("contained"):
+            raise FhirError(400, "invariant", f"{where} ({name}) contains resources itself: a contained resource "
+                            "SHALL NOT contain nested resources (FHIR R4 invariant dom-2); contain them all in the "
+                            f"{type_name} instead", (f"{where}.contained",))
+        elsewhere = _local_references({k: v for k, v in data.items() if k != "contained"})
+        for j, other in enumerate(contained):
+            if j != i:
+                elsewhere |= _local_references(other)
+        if f"#{item.get('id')}" not in elsewhere and "#" not in _local_references(item):
+            raise FhirError(400, "invariant", f"{where} ({name}) is not referred to from the {type_name} (no "
+                            f"reference '#{item.get('id')}'): a contained resource SHALL be referenced from the "
+                            "resource that contains it (FHIR R4 invariant dom-3)", (where,))
 
 
 def is_r5(type_name: str, data: dict) -> bool:
@@ -107,9 +147,9 @@ def keep(session, kind, obj, resource: dict) -> None:
         return
     exists = session.scalar(select(ResourceVersion.id).where(
         ResourceVersion.resource_type == kind.name, ResourceVersion.resource_id == obj.id,
-        ResourceVersion.version == obj.version))
+        ResourceVersion.version == kind.version(obj)))
     if exists is None:
-        session.add(ResourceVersion(resource_type=kind.name, resource_id=obj.id, version=obj.version,
+        session.add(ResourceVersion(resource_type=kind.name, resource_id=obj.id, version=kind.version(obj),
                                     content=resource))
         session.flush()
 
@@ -164,9 +204,9 @@ def update_resource(session, ctx: Context, kind, rid: str, resource, if_match: s
     obj = load(kind, session, rid)
     if if_match and kind.versioned:
         wanted = if_match.removeprefix("W/").strip('"')
-        if wanted != str(obj.version):
+        if wanted != str(kind.version(obj)):
             raise FhirError(412, "conflict", f"If-Match {if_match} is stale: {kind.name}/{rid} is at version "
-                            f"{obj.version}; read it again and reapply the change", ("If-Match",))
+                            f"{kind.version(obj)}; read it again and reapply the change", ("If-Match",))
     keep(session, kind, obj, kind.render(obj, ctx))  # the version being replaced stays readable
     obj = kind.update(session, obj, resource, ctx)
     return (200, *_written(session, ctx, kind, obj))

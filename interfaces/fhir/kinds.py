@@ -58,13 +58,17 @@ class Kind:
         return session.scalars(self.query().where(self.model.id == number)).first()
 
     def version(self, obj) -> int | None:
+        """meta.versionId / ETag of a row (versioned types only): the row's ``version``."""
         return obj.version if self.versioned else None
 
+    def updated(self, obj) -> dt.datetime | None:
+        """meta.lastUpdated (naive UTC) of a row."""
+        return getattr(obj, "updated_at", None)
+
     def meta(self, obj) -> dict:
-        meta = {"lastUpdated": utc_instant(getattr(obj, "updated_at", None) or dt.datetime.now(dt.UTC)
-                                           .replace(tzinfo=None))}
+        meta = {"lastUpdated": utc_instant(self.updated(obj) or dt.datetime.now(dt.UTC).replace(tzinfo=None))}
         if self.versioned:
-            meta = {"versionId": str(obj.version), **meta}
+            meta = {"versionId": str(self.version(obj)), **meta}
         if self.profile:
             meta["profile"] = [self.profile]
         return meta

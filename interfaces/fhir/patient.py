@@ -3,8 +3,9 @@
 The RIS keys a patient by identifier (DICOM Patient ID + Issuer of Patient ID), as ADT does: the
 identifier kept is the one typed MR (v2-0203), else use=official/usual, else the first with a
 value; its ``system`` is the issuer. The name kept is the official one (else the first that is not
-old/nickname/maiden), as DICOM PN family^given^middle^prefix^suffix; a name given only as text is
-kept whole as the family name. Gender: male M, female F, other O, unknown empty (PS3.3 C.7.1.1).
+old/nickname/maiden), as DICOM PN family^given^middle^prefix^suffix, with names marked ideographic or
+phonetic (iso21090-EN-representation) as its other component groups (interfaces.fhir.datatypes.person_name,
+the one translation of person names); a name given only as text is kept whole as the family name. Gender: male M, female F, other O, unknown empty (PS3.3 C.7.1.1).
 Links of type 'seealso'/'refer' are not merges (only ADT A40 or $merge merge); they are not kept.
 
 Logical id = the database key. Create never merges into an existing patient: a second POST with
@@ -21,8 +22,8 @@ from app.commands import ChangePatientId, PatientData, PatientRef
 from app.errors import Conflict, InvalidInput, UnknownCode
 from app.models import Patient
 from app.services.patients import change_patient_id, find_patient, register_patient, survivor_of
-from interfaces.fhir.datatypes import (GENDER_TO_SEX, SEX_TO_GENDER, V2_0203, Context, chosen_name, human_name_to_pn,
-                                       identifier_type, pn_to_human_name)
+from interfaces.fhir.datatypes import (GENDER_TO_SEX, SEX_TO_GENDER, V2_0203, Context, chosen_name, human_names,
+                                       identifier_type, name_text, person_name)
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.search import SearchParam, date_clause, string_clause, token
 
@@ -42,11 +43,9 @@ def patient_data(resource, ctx: Context) -> PatientData:
     index, ident = chosen
     ctx.origin("patient.id", f"Patient.identifier[{index}].value")
     ctx.origin("patient.issuer", f"Patient.identifier[{index}].system")
-    name = ""
     picked = chosen_name(resource.name or [])
-    if picked is not None:
-        ctx.origin("patient.name", f"Patient.name[{picked[0]}]")
-        name = human_name_to_pn(picked[1])
+    ctx.origin("patient.name", f"Patient.name[{picked[0]}]" if picked is not None else "Patient.name")
+    name = person_name(resource.name or [], "patient.name")
     gender = resource.gender or ""
     ctx.origin("patient.sex", "Patient.gender")
     if gender and gender not in GENDER_TO_SEX:
@@ -64,7 +63,7 @@ def patient_data(resource, ctx: Context) -> PatientData:
 def patient_reference(patient: Patient) -> dict:
     ref = {"reference": f"Patient/{patient.id}"}
     if patient.name:
-        ref["display"] = patient.name.replace("^", " ").strip()
+        ref["display"] = name_text(patient.name)
     return ref
 
 
@@ -107,9 +106,9 @@ class PatientKind(Kind):
             ident["system"] = patient.issuer
         resource = {"resourceType": "Patient", "id": str(patient.id), "meta": self.meta(patient),
                     "identifier": [ident], "active": patient.merged_into_fk is None}
-        name = pn_to_human_name(patient.name)
-        if name:
-            resource["name"] = [name]
+        names = human_names(patient.name)
+        if names:
+            resource["name"] = names
         if patient.sex:
             resource["gender"] = SEX_TO_GENDER.get(patient.sex, "unknown")
         if patient.birth_date:

@@ -53,8 +53,9 @@ def included(session: Session, kind: Kind, rows: list, wanted_includes: list[str
     for spec in wanted_revincludes:
         source_name, param_name = spec.split(":", 1)
         source = KINDS[source_name]
-        column = source.search_params[param_name].column
-        found += [(source, r) for r in session.scalars(source.query().where(column.in_(ids))).unique()]
+        param = source.search_params[param_name]
+        clause = param.keys(ids) if param.keys is not None else param.column.in_(ids)
+        found += [(source, r) for r in session.scalars(source.query().where(clause)).unique()]
     unique = []
     for other, row in found:
         if (other.name, row.id) not in seen:

@@ -61,7 +61,8 @@ def _context(session) -> Context:
     profiles = current_app.extensions["ris.services"]["mapping_profiles"]
     profile = profiles.get(settings.mapping_profile)
     ctx = Context(site_tz=ZoneInfo(settings.site_timezone), uid_root=settings.uid_root, base_url=_base(),
-                  accession_prefix=profile.accession_prefix, tables=profile.tables, session=session)
+                  accession_prefix=profile.accession_prefix, tables=profile.tables, session=session,
+                  profile_name=profile.name)
     g.fhir_locations = ctx.locations
     return ctx
 
@@ -195,7 +196,7 @@ def history(type_name: str, rid: str):
         ctx = _context(session)
         obj = _load(kind, session, rid)
         current = kind.render(obj, ctx)
-        kept = [v.content for v in _kept(session, kind, obj.id) if v.version != obj.version]
+        kept = [v.content for v in _kept(session, kind, obj.id) if v.version != kind.version(obj)]
     entries = [{"fullUrl": f"{_base()}/{type_name}/{rid}", "resource": r} for r in [current, *kept]]
     return _respond({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
@@ -206,14 +207,14 @@ def vread(type_name: str, rid: str, vid: str):
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
         obj = _load(kind, session, rid)
-        if vid == str(obj.version):
+        if vid == str(kind.version(obj)):
             resource = kind.render(obj, ctx)
         else:
             kept = next((v.content for v in _kept(session, kind, obj.id) if str(v.version) == vid), None)
             if kept is None:
-                known = numeric_id(vid) is not None and 0 < numeric_id(vid) < obj.version
+                known = numeric_id(vid) is not None and 0 < numeric_id(vid) < kind.version(obj)
                 why = ("it was not kept (changed by HL7 v2 and replaced before any FHIR write)" if known
-                       else f"the current version is {obj.version}")
+                       else f"the current version is {kind.version(obj)}")
                 raise FhirError(404, "not-found", f"version {vid} of {type_name}/{rid} is not available: {why}")
             resource = kept
     return _respond(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"',
@@ -245,7 +246,7 @@ def _search(type_name: str, args: list[tuple[str, str]]):
 def _written(kind, obj, resource: dict, status: int):
     headers = _version_headers(kind, obj, resource)
     if status == 201:
-        suffix = f"/_history/{obj.version}" if kind.versioned else ""
+        suffix = f"/_history/{kind.version(obj)}" if kind.versioned else ""
         headers["Location"] = f"{_base()}/{kind.name}/{obj.id}{suffix}"
     wanted = _prefer("return")
     if wanted == "minimal":

@@ -48,7 +48,8 @@ class SearchParam:
     modifiers: tuple[str, ...] = ()
     definition: str = ""
     target: str = ""        # reference parameters on a key column: the type referred to, for _include/_revinclude
-    column: object = None   # ... and that key column
+    column: object = None   # ... and that key column (or an SQL expression giving the key)
+    keys: Callable | None = None   # ids -> clause "refers to one of these" (_revinclude); default column IN ids
 
 
 @dataclass
@@ -158,12 +159,16 @@ def reference_key(value: str, resource_type: str, ctx) -> int:
     return number if number is not None else -1
 
 
-def reference_param(name: str, resource_type: str, column, documentation: str, definition: str) -> SearchParam:
-    """A reference parameter matched on the foreign key ``column`` (ids here are database keys); it can
-    be followed by _include and _revinclude."""
-    return SearchParam(name, "reference", documentation,
-                       lambda v, _m, ctx: column == reference_key(v, resource_type, ctx), definition=definition,
-                       target=resource_type, column=column)
+def reference_param(name: str, resource_type: str, column, documentation: str, definition: str,
+                    keys: Callable | None = None) -> SearchParam:
+    """A reference parameter matched on the foreign key ``column`` (ids here are database keys; ``column``
+    may be an SQL expression giving the key, with ``keys(ids)`` an indexed clause for it); it can be
+    followed by _include and _revinclude."""
+    def build(value, _modifier, ctx):
+        key = reference_key(value, resource_type, ctx)
+        return keys([key]) if keys is not None else column == key
+    return SearchParam(name, "reference", documentation, build, definition=definition, target=resource_type,
+                       column=column, keys=keys)
 
 
 def date_clause(column, value: str, *, utc: bool, site_tz=None):

@@ -1,7 +1,7 @@
 """Task (FHIR R4 task.html) = a Scheduled Procedure Step, read and search only.
 
-Following the HL7 FHIR Imaging ServiceRequest/Task pattern: one Task per scheduled procedure step,
-``basedOn`` its ServiceRequest (the order), ``for`` the patient, ``code`` the modality (DICOM),
+Following the HL7 FHIR Imaging ServiceRequest IG (Task "DICOM MWL Scheduled Procedure Step Mapping"):
+one Task per scheduled procedure step, ``basedOn`` the ServiceRequest of its requested procedure, ``for`` the patient, ``code`` the modality (DICOM),
 ``executionPeriod.start`` the scheduled start (site time with its offset), ``owner`` the scheduled
 station AE titles. Status from the step (DICOM PS3.3 C.4.10 plus the engine's HELD/CANCELLED):
 SCHEDULED accepted, HELD on-hold, ARRIVED/READY ready, STARTED/IN_PROGRESS in-progress (MPPS),
@@ -43,7 +43,8 @@ class TaskKind(Kind):
             return ProcedureStep.status.in_([s for s, code in STATUS.items() if code == token(value)[1]])
 
         return [
-            reference_param("based-on", "ServiceRequest", Order.id, "The order (ServiceRequest/<id>)",
+            reference_param("based-on", "ServiceRequest", ProcedureStep.procedure_fk,
+                            "The requested procedure (ServiceRequest/<id>)",
                             "http://hl7.org/fhir/SearchParameter/Task-based-on"),
             reference_param("patient", "Patient", Order.patient_fk, "The patient (Patient/<id>)",
                             "http://hl7.org/fhir/SearchParameter/Task-patient"),
@@ -63,10 +64,10 @@ class TaskKind(Kind):
         resource = {
             "resourceType": "Task", "id": str(step.id), "meta": self.meta(step),
             "identifier": [{"type": {"text": "Scheduled Procedure Step ID"}, "value": step.sps_id}],
-            "basedOn": [{"reference": f"ServiceRequest/{order.id}"}],
+            "basedOn": [{"reference": f"ServiceRequest/{proc.id}"}],
             "status": STATUS[step.status], "intent": "order",
             "code": {"coding": [{"system": DCM, "code": step.modality}]},
-            "focus": {"reference": f"ServiceRequest/{order.id}"},
+            "focus": {"reference": f"ServiceRequest/{proc.id}"},
             "for": patient_reference(order.patient),
             "authoredOn": utc_instant(order.created_at),
             "executionPeriod": {"start": site_instant(step.scheduled_start, ctx.site_tz)},

@@ -81,8 +81,9 @@ def test_service_request_without_identifier_gets_an_accession(fhir, read_factory
     assert (item.modality, item.code_value, item.code_scheme, item.patient_id) == ("CT", "24627-2", "LN", "MINT1234")
     # 09:33:27+07:00 is 02:33:27Z, which is 04:33:27 in Europe/Berlin (CEST, +02:00, in May)
     assert item.scheduled_start == dt.datetime(2013, 5, 8, 4, 33, 27)
-    assert created["occurrenceDateTime"] == "2013-05-08T04:33:27+02:00"
-    assert created["requester"] == {"display": "Dr. Adam Careful"}
+    assert created["occurrenceDateTime"] == "2013-05-08T09:33:27+07:00"   # as sent: it means the stored time
+    assert created["requester"] == body["requester"]   # kept as sent; the worklist has its display
+    assert item.requesting_physician == "Dr. Adam Careful"
     assert created["reasonCode"] == [{"text": "Check for metastatic disease"}]
 
 

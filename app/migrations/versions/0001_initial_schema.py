@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 22:27:20.210588
+Create Date: 2026-12-04 04:45:47.391596
 """
 from alembic import op
 import sqlalchemy as sa
@@ -245,6 +245,7 @@ def upgrade() -> None:
     sa.Column('description', sa.String(length=128), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=False),
+    sa.Column('fhir_elements', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
