@@ -147,7 +147,7 @@ class AppointmentKind(Kind):
                         definition="http://hl7.org/fhir/SearchParameter/Appointment-status"),
             SearchParam("date", "date", "Start of the appointment (site time unless an offset is given)",
                         lambda v, _m, ctx: date_clause(Appointment.start, v, utc=False, site_tz=ctx.site_tz),
-                        definition="http://hl7.org/fhir/SearchParameter/Appointment-date"),
+                        definition="http://hl7.org/fhir/SearchParameter/Appointment-date", sort=Appointment.start),
             SearchParam("identifier", "token", "The placer's appointment id (or the filler's, RIS-APT-<id>)",
                         lambda v, _m, _c: (Appointment.placer_appointment_id == token(v)[1]) |
                         (Appointment.filler_appointment_id == token(v)[1]),

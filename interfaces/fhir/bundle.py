@@ -37,7 +37,7 @@ from interfaces.fhir import search as fhir_search
 from interfaces.fhir.errors import FhirError, OutcomeError, issue, operation_outcome, translate
 from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind, load, parse_resource,
                                           update_resource)
-from interfaces.fhir.registry import KINDS
+from interfaces.fhir.registry import KINDS, SYSTEM_INTERACTIONS
 
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 412: "Precondition Failed", 422: "Unprocessable Entity", 500: "Internal Server Error",
@@ -77,7 +77,7 @@ def read_bundle(data: dict) -> tuple[str, list[Entry]]:
         raise FhirError(400, "invalid", f"POST to the base URL takes a Bundle (batch or transaction), not "
                         f"{data.get('resourceType')!r}", ("Bundle.resourceType",))
     kind = data.get("type")
-    if kind not in ("transaction", "batch"):
+    if kind not in SYSTEM_INTERACTIONS:
         raise FhirError(400, "invalid", f"Bundle.type {kind!r}: only transaction and batch Bundles are processed here",
                         ("Bundle.type",))
     raw_entries = data.get("entry") or []
@@ -193,7 +193,7 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
     if interaction == "search-type":
         parsed = fhir_search.parse(kind.search_params, parse_qsl(entry.query, keep_blank_values=True), ctx,
                                    strict=False)
-        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset)
+        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         found = fhir_search.searchset(f"{base}/{kind.name}", parsed, total, [kind.render(r, ctx) for r in rows], base)
         return {"resource": found, "response": {"status": status_line(200)}}
     _conditional_references(session, ctx, entry, resolved)

@@ -20,7 +20,7 @@ from app.models import Order, Patient, RequestedProcedure, Series, Study
 from interfaces.fhir.datatypes import DCM, DICOM_UID, Context, name_text, site_instant, strip_oid, typed_identifier
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import patient_reference
-from interfaces.fhir.search import SearchParam, reference_param, token
+from interfaces.fhir.search import SearchParam, compare, date_bounds, reference_param, token
 from interfaces.fhir.service_request import first_procedure_key, procedure_for_study
 
 
@@ -55,6 +55,7 @@ def _patient_of(session, study: Study) -> Patient | None:
 PATIENT_KEY = (select(case((func.count(Patient.id) == 1, func.min(Patient.id))))
                .where(Patient.patient_id == Study.patient_id, or_(Study.issuer == "", Patient.issuer == Study.issuer))
                .correlate_except(Patient).scalar_subquery())
+STARTED_KEY = Study.study_date + func.substr(Study.study_time + "000000", 1, 6)   # YYYYMMDDHHMMSS
 PROCEDURE_KEY = func.coalesce(
     select(func.min(RequestedProcedure.id)).where(RequestedProcedure.order_fk == Study.order_fk,
                                                   RequestedProcedure.study_instance_uid == Study.study_instance_uid)
@@ -78,6 +79,17 @@ class ImagingStudyKind(Kind):
                 return Study.study_instance_uid == strip_oid(code or "")
             return or_(Study.accession_number == code, Study.study_instance_uid == strip_oid(code or ""))
 
+        def started(value, _m, ctx):
+            """Study Date (DA YYYYMMDD) and Time (TM HHMMSS.FFFFFF, any precision) compared as one text key, with
+            the day range first so the (study_date, study_time) index narrows it (PS3.5 6.2 DA, TM)."""
+            prefix, start, end = date_bounds(value, utc=False, site_tz=ctx.site_tz)
+            low, high = start.strftime("%Y%m%d%H%M%S"), end.strftime("%Y%m%d%H%M%S")
+            day = {"eq": and_(Study.study_date >= low[:8], Study.study_date <= high[:8]),
+                   "ge": Study.study_date >= low[:8], "gt": Study.study_date >= high[:8],
+                   "le": Study.study_date <= high[:8], "lt": Study.study_date <= low[:8]}.get(prefix)
+            clause = and_(Study.study_date != "", compare(STARTED_KEY, prefix, low, high))
+            return and_(day, clause) if day is not None else clause
+
         def patients(ids):   # the index on Patient ID first, then the exact rule of _patient_of
             return and_(Study.patient_id.in_(select(Patient.patient_id).where(Patient.id.in_(ids))),
                         PATIENT_KEY.in_(ids))
@@ -92,6 +104,9 @@ class ImagingStudyKind(Kind):
                             "http://hl7.org/fhir/SearchParameter/clinical-patient", keys=patients),
             SearchParam("identifier", "token", "Accession number or Study Instance UID (urn:dicom:uid|urn:oid:...)",
                         identifier, definition="http://hl7.org/fhir/SearchParameter/clinical-identifier"),
+            SearchParam("started", "date", "When the study started (DICOM Study Date and Time, site time unless "
+                        "an offset is given)", started, definition="http://hl7.org/fhir/SearchParameter/"
+                        "ImagingStudy-started", sort=STARTED_KEY),
             reference_param("basedon", "ServiceRequest", PROCEDURE_KEY, "The requested procedure the study was "
                             "linked to (ServiceRequest/<id>)", "http://hl7.org/fhir/SearchParameter/ImagingStudy-basedon",
                             keys=orders),

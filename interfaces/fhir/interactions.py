@@ -202,14 +202,25 @@ def update_resource(session, ctx: Context, kind, rid: str, resource, if_match: s
         raise FhirError(400, "invalid", f"{kind.name}.id {resource.id!r} does not match the id in the URL ({rid!r})",
                         (f"{kind.name}.id",))
     obj = load(kind, session, rid)
-    if if_match and kind.versioned:
-        wanted = if_match.removeprefix("W/").strip('"')
-        if wanted != str(kind.version(obj)):
-            raise FhirError(412, "conflict", f"If-Match {if_match} is stale: {kind.name}/{rid} is at version "
-                            f"{kind.version(obj)}; read it again and reapply the change", ("If-Match",))
+    check_if_match(kind, obj, rid, if_match)
     keep(session, kind, obj, kind.render(obj, ctx))  # the version being replaced stays readable
     obj = kind.update(session, obj, resource, ctx)
     return (200, *_written(session, ctx, kind, obj))
+
+
+def check_if_match(kind, obj, rid: str, if_match: str) -> None:
+    """If-Match (http.html 3.1.0.4.1 "Managing Resource Contention", RFC 9110 13.1.1): 412 unless it names the
+    current version; on a type that is not versioned there is no ETag to match, so any If-Match but '*' is
+    412 too (the update is not silently applied without the check the client asked for)."""
+    if not if_match or if_match == "*":
+        return
+    if not kind.versioned:
+        raise FhirError(412, "conflict", f"If-Match {if_match} cannot be checked: {kind.name} is not versioned here "
+                        "(no ETag; CapabilityStatement versioning no-version); send the request without If-Match",
+                        ("If-Match",))
+    if if_match.removeprefix("W/").strip('"') != str(kind.version(obj)):
+        raise FhirError(412, "conflict", f"If-Match {if_match} is stale: {kind.name}/{rid} is at version "
+                        f"{kind.version(obj)}; read it again and reapply the change", ("If-Match",))
 
 
 def conditional_update(session, ctx: Context, kind, condition: str, data: dict,

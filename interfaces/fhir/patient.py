@@ -87,15 +87,15 @@ class PatientKind(Kind):
         return [
             SearchParam("identifier", "token", "A patient identifier (system = issuer, code = Patient ID)", identifier,
                         definition="http://hl7.org/fhir/SearchParameter/Patient-identifier"),
-            SearchParam("name", "string", "Any part of the name (starts with; :exact, :contains)",
-                        lambda v, m, _c: string_clause(Patient.name, v, m), ("exact", "contains"),
-                        "http://hl7.org/fhir/SearchParameter/Patient-name"),
+            SearchParam("name", "string", "Any part of the name (starts with; :exact, :contains); sorts by the "
+                        "family name", lambda v, m, _c: string_clause(Patient.name, v, m), ("exact", "contains"),
+                        "http://hl7.org/fhir/SearchParameter/Patient-name", sort=Patient.name),
             SearchParam("family", "string", "The family name (starts with; :exact)",
                         lambda v, m, _c: _family(v, m), ("exact",),
-                        "http://hl7.org/fhir/SearchParameter/individual-family"),
+                        "http://hl7.org/fhir/SearchParameter/individual-family", sort=Patient.name),
             SearchParam("birthdate", "date", "Date of birth (prefixes eq, ne, gt, lt, ge, le)",
                         lambda v, _m, _c: date_clause(Patient.birth_date, v, utc=True),
-                        definition="http://hl7.org/fhir/SearchParameter/individual-birthdate"),
+                        definition="http://hl7.org/fhir/SearchParameter/individual-birthdate", sort=Patient.birth_date),
             SearchParam("gender", "token", "male, female, other, unknown", gender,
                         definition="http://hl7.org/fhir/SearchParameter/individual-gender"),
         ]

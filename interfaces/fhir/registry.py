@@ -13,6 +13,9 @@ from interfaces.fhir.patient import PatientKind
 from interfaces.fhir.service_request import ServiceRequestKind
 from interfaces.fhir.task import TaskKind
 
+# System interactions (http.html 3.1.0.11): POST of a Bundle of these types to the base URL.
+SYSTEM_INTERACTIONS = ("transaction", "batch")
+
 KINDS: dict[str, Kind] = {k.name: k for k in (PatientKind(), ServiceRequestKind(), TaskKind(), ImagingStudyKind(),
                                                AppointmentKind())}
 

@@ -180,6 +180,8 @@ def search_post(type_name: str):
 
 @fhir.route("/<type_name>/<rid>", methods=["GET", "PUT", "DELETE", "PATCH", "POST"])
 def instance_level(type_name: str, rid: str):
+    if rid == "_history":   # history-type (http.html 3.1.0.5)
+        _kind(type_name, "history-type")
     if request.method == "GET":
         return _read(type_name, rid)
     if request.method == "PUT":
@@ -191,13 +193,24 @@ def instance_level(type_name: str, rid: str):
 
 @fhir.get("/<type_name>/<rid>/_history")
 def history(type_name: str, rid: str):
+    """history-instance (http.html 3.1.0.5): a Bundle of type history, newest first; every entry has the
+    request that made the version and its response (R4 Bundle invariants bdl-3, bdl-4): version 1 a create
+    (POST [type], 201), later ones an update (PUT [type]/[id], 200), each with its ETag and time."""
     kind = _kind(type_name, "history-instance")
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
         obj = _load(kind, session, rid)
         current = kind.render(obj, ctx)
         kept = [v.content for v in _kept(session, kind, obj.id) if v.version != kind.version(obj)]
-    entries = [{"fullUrl": f"{_base()}/{type_name}/{rid}", "resource": r} for r in [current, *kept]]
+    entries = []
+    for resource in [current, *kept]:
+        version = resource["meta"]["versionId"]
+        created = version == "1"
+        entries.append({"fullUrl": f"{_base()}/{type_name}/{rid}", "resource": resource,
+                        "request": {"method": "POST" if created else "PUT",
+                                    "url": type_name if created else f"{type_name}/{rid}"},
+                        "response": {"status": "201 Created" if created else "200 OK", "etag": f'W/"{version}"',
+                                     "lastModified": resource["meta"]["lastUpdated"]}})
     return _respond({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
 
@@ -236,7 +249,7 @@ def _search(type_name: str, args: list[tuple[str, str]]):
         ctx = _context(session)
         parsed = fhir_search.parse(kind.search_params, args, ctx, strict=strict, includes=includes(kind),
                                    revincludes=revincludes(kind))
-        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset)
+        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         resources = [kind.render(row, ctx) for row in rows]
         extra = [other.render(row, ctx) for other, row in
                  included(session, kind, rows, parsed.includes, parsed.revincludes)]

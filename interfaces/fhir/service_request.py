@@ -533,8 +533,15 @@ class ServiceRequestKind(Kind):
                         definition="http://hl7.org/fhir/SearchParameter/ServiceRequest-requisition"),
             SearchParam("code", "token", "Procedure code (system|code)", code,
                         definition="http://hl7.org/fhir/SearchParameter/clinical-code"),
-            SearchParam("occurrence", "date", "Scheduled start of a step (site time unless an offset is given)",
-                        occurrence, definition="http://hl7.org/fhir/SearchParameter/ServiceRequest-occurrence"),
+            SearchParam("occurrence", "date", "Scheduled start of a step (site time unless an offset is given); "
+                        "sorts by the earliest", occurrence,
+                        definition="http://hl7.org/fhir/SearchParameter/ServiceRequest-occurrence",
+                        sort=select(func.min(ProcedureStep.scheduled_start))
+                        .where(ProcedureStep.procedure_fk == RequestedProcedure.id)
+                        .correlate_except(ProcedureStep).scalar_subquery()),
+            SearchParam("authored", "date", "When the order was received (authoredOn, UTC unless an offset is given)",
+                        lambda v, _m, _c: date_clause(Order.created_at, v, utc=True),
+                        definition="http://hl7.org/fhir/SearchParameter/ServiceRequest-authored", sort=Order.created_at),
         ]
 
     # Rendering ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from app.models import Order, ProcedureStep, RequestedProcedure, StepStatus
 from interfaces.fhir.datatypes import DCM, Context, site_instant, utc_instant
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import patient_reference
-from interfaces.fhir.search import SearchParam, reference_param, token
+from interfaces.fhir.search import SearchParam, date_clause, reference_param, token
 
 STATUS = {StepStatus.SCHEDULED: "accepted", StepStatus.HELD: "on-hold", StepStatus.ARRIVED: "ready",
           StepStatus.READY: "ready", StepStatus.STARTED: "in-progress", StepStatus.IN_PROGRESS: "in-progress",
@@ -56,6 +56,17 @@ class TaskKind(Kind):
             SearchParam("code", "token", "Modality (DICOM code, e.g. CT)",
                         lambda v, _m, _c: ProcedureStep.modality == token(v)[1],
                         definition="http://hl7.org/fhir/SearchParameter/Task-code"),
+            SearchParam("period", "date", "Scheduled start of the step (executionPeriod.start; site time unless an "
+                        "offset is given)",
+                        lambda v, _m, ctx: date_clause(ProcedureStep.scheduled_start, v, utc=False, site_tz=ctx.site_tz),
+                        definition="http://hl7.org/fhir/SearchParameter/Task-period",
+                        sort=ProcedureStep.scheduled_start),
+            SearchParam("authored-on", "date", "When the order was received (UTC unless an offset is given)",
+                        lambda v, _m, _c: date_clause(Order.created_at, v, utc=True),
+                        definition="http://hl7.org/fhir/SearchParameter/Task-authored-on", sort=Order.created_at),
+            SearchParam("modified", "date", "When the step last changed (lastModified, UTC unless an offset is "
+                        "given)", lambda v, _m, _c: date_clause(ProcedureStep.updated_at, v, utc=True),
+                        definition="http://hl7.org/fhir/SearchParameter/Task-modified", sort=ProcedureStep.updated_at),
         ]
 
     def render(self, step: ProcedureStep, ctx: Context) -> dict:
@@ -71,6 +82,7 @@ class TaskKind(Kind):
             "for": patient_reference(order.patient),
             "authoredOn": utc_instant(order.created_at),
             "executionPeriod": {"start": site_instant(step.scheduled_start, ctx.site_tz)},
+            "lastModified": utc_instant(step.updated_at),
         }
         text = step.description or proc.description
         if text:

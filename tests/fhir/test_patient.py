@@ -53,6 +53,12 @@ def test_update_with_if_match_versions_and_vread(fhir, patient):
     assert fhir.get(f"/fhir/Patient/{pid}/_history/9").status_code == 404
     history = fhir.get(f"/fhir/Patient/{pid}/_history").json
     assert history["type"] == "history" and [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    # R4 bdl-3 / bdl-4: every history entry carries the request that made it and its response
+    assert [e["request"] for e in history["entry"]] == [{"method": "PUT", "url": f"Patient/{pid}"},
+                                                       {"method": "POST", "url": "Patient"}]
+    assert [(e["response"]["status"], e["response"]["etag"]) for e in history["entry"]] == [
+        ("200 OK", 'W/"2"'), ("201 Created", 'W/"1"')]
+    assert history["entry"][0]["response"]["lastModified"] == first.json["meta"]["lastUpdated"]
 
 
 def test_update_needs_the_matching_id_and_an_existing_patient(fhir, patient):
