@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from interfaces.fhir.appointment import AppointmentKind
+from interfaces.fhir.diagnostic_report import DiagnosticReportKind
 from interfaces.fhir.imaging_study import ImagingStudyKind
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import PatientKind
@@ -17,7 +18,7 @@ from interfaces.fhir.task import TaskKind
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 
 KINDS: dict[str, Kind] = {k.name: k for k in (PatientKind(), ServiceRequestKind(), TaskKind(), ImagingStudyKind(),
-                                               AppointmentKind())}
+                                               AppointmentKind(), DiagnosticReportKind())}
 
 
 def includes(kind: Kind) -> list[str]:
