@@ -5,10 +5,11 @@ Every entry is one interaction with the rules of the same request sent alone (in
 - POST ``[type]`` create, with ``request.ifNoneExist`` (conditional create, 3.1.0.8.1);
 - PUT ``[type]/[id]`` update, with ``request.ifMatch`` (412 when stale, 3.1.0.4.1); PUT ``[type]?[search]``
   conditional update (3.1.0.4.3: no match creates, one match updates it, several are 412);
+- PATCH ``[type]/[id]`` with a Binary (contentType application/json-patch+json) holding a JSON Patch;
 - GET ``[type]/[id]`` read and GET ``[type]?[search]`` search.
 
-DELETE, PATCH, HEAD and operations (``$name``) are not offered: a transaction naming one is refused
-whole before anything is applied, with one issue per such entry (expression ``Bundle.entry[n]``).
+What is not offered (HEAD, operations ``$name``, an interaction the type does not have): a transaction naming
+one is refused whole before anything is applied, with one issue per such entry (expression ``Bundle.entry[n]``).
 
 Transaction (3.1.0.11.2): all entries in the caller's one unit of work - all or nothing. Writes are
 processed before reads (the order DELETE, POST, PUT, GET of 3.1.0.11.2); among writes an entry runs
@@ -29,6 +30,8 @@ resolved (a batch's entries must not depend on each other). The answer is a ``ba
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -36,7 +39,8 @@ from urllib.parse import parse_qsl, urlsplit
 from interfaces.fhir import search as fhir_search
 from interfaces.fhir.errors import FhirError, OutcomeError, issue, operation_outcome, translate
 from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind, load, parse_resource,
-                                          update_resource)
+                                          patch_resource, update_resource)
+from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
 from interfaces.fhir.registry import KINDS, SYSTEM_INTERACTIONS
 
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -130,14 +134,20 @@ def _interaction(entry: Entry) -> str:
         interaction = "read"
     elif entry.method == "GET" and segments == 1:
         interaction = "search-type"
+    elif entry.method == "PATCH" and segments == 2:
+        interaction = "patch"
     elif entry.method in ("DELETE", "PATCH"):
         find_kind(entry.type_name, entry.method.lower())   # 404 unknown type, 405 not offered
-        raise FhirError(405, "not-supported", f"{entry.method} is not supported in a Bundle")
+        raise FhirError(405, "not-supported", f"{entry.method} {entry.url!r} is not supported in a Bundle")
     else:
         raise FhirError(400, "not-supported", f"{entry.method} {entry.url!r} is not an interaction of a Bundle entry")
     find_kind(entry.type_name, interaction)
-    if entry.method in ("POST", "PUT") and entry.data is None:
+    if entry.method in ("POST", "PUT", "PATCH") and entry.data is None:
         raise FhirError(400, "required", f"{entry.method} {entry.url} needs a resource")
+    if interaction == "patch" and (entry.data.get("resourceType") != "Binary"
+                                   or entry.data.get("contentType") != PATCH_MEDIA_TYPE):
+        raise FhirError(415, "not-supported", f"PATCH {entry.url} takes a Binary with contentType {PATCH_MEDIA_TYPE} "
+                        "holding the JSON Patch (FHIRPath Patch Parameters are not supported)")
     return interaction
 
 
@@ -196,6 +206,14 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
         total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         found = fhir_search.searchset(f"{base}/{kind.name}", parsed, total, [kind.render(r, ctx) for r in rows], base)
         return {"resource": found, "response": {"status": status_line(200)}}
+    if interaction == "patch":
+        try:
+            operations = json.loads(base64.b64decode(entry.data.get("data") or "", validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise FhirError(400, "structure", f"PATCH {entry.url}: Binary.data is not base64 JSON") from None
+        status, obj, rendered = patch_resource(session, ctx, kind, entry.rid, operations,
+                                               str(entry.request.get("ifMatch") or "").strip())
+        return _answer(kind, obj, rendered, status, base, prefer)
     _conditional_references(session, ctx, entry, resolved)
     data = _rewrite(entry.data, resolved)
     if interaction == "create":

@@ -9,6 +9,7 @@ both call these, so an entry of a transaction behaves exactly like the same requ
 - :func:`update_resource`: update (3.1.0.4) with If-Match (3.1.0.4.1 "Managing Resource Contention":
   412 when stale);
 - :func:`conditional_update`: conditional update (3.1.0.4.3): no match creates, one match updates, several 412;
+- :func:`patch_resource`: patch (3.1.0.6) with JSON Patch, then as an update;
 - versions kept for vread and _history (3.1.0.3): :func:`keep`, :func:`kept`.
 """
 
@@ -26,6 +27,7 @@ from app.models import ResourceVersion
 from interfaces.fhir import search as fhir_search
 from interfaces.fhir.datatypes import Context, numeric_id
 from interfaces.fhir.errors import FhirError, validation_error
+from interfaces.fhir.patch import apply_patch
 from interfaces.fhir.registry import KINDS, is_fhir_type
 
 
@@ -221,6 +223,15 @@ def check_if_match(kind, obj, rid: str, if_match: str) -> None:
     if if_match.removeprefix("W/").strip('"') != str(kind.version(obj)):
         raise FhirError(412, "conflict", f"If-Match {if_match} is stale: {kind.name}/{rid} is at version "
                         f"{kind.version(obj)}; read it again and reapply the change", ("If-Match",))
+
+
+def patch_resource(session, ctx: Context, kind, rid: str, operations, if_match: str = "") -> tuple[int, object, dict]:
+    """Patch (http.html 3.1.0.6): the JSON Patch applied to the resource as a read answers it, then updated with
+    the same If-Match and rules as a PUT (interfaces.fhir.patch)."""
+    obj = load(kind, session, rid)
+    check_if_match(kind, obj, rid, if_match)
+    patched = apply_patch(kind.render(obj, ctx), operations)
+    return update_resource(session, ctx, kind, rid, parse_resource(kind.name, patched), if_match)
 
 
 def conditional_update(session, ctx: Context, kind, condition: str, data: dict,

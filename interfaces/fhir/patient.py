@@ -70,7 +70,7 @@ def patient_reference(patient: Patient) -> dict:
 class PatientKind(Kind):
     name = "Patient"
     model = Patient
-    interactions = ("read", "vread", "update", "create", "search-type", "history-instance")
+    interactions = ("read", "vread", "update", "patch", "create", "search-type", "history-instance")
     versioned = True
     documentation = ("Patients keyed by identifier (DICOM Patient ID / Issuer); shared with HL7 ADT. Create with "
                      "an identifier that exists is refused (409); update with another identifier renames (as A47).")

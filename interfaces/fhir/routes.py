@@ -30,8 +30,9 @@ from interfaces.fhir.capability import capability_statement
 from interfaces.fhir.datatypes import Context, numeric_id
 from interfaces.fhir.errors import FhirError, issue, operation_outcome, translate
 from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind as _kind, kept as _kept,
-                                          load as _load, parse_resource, read_json, update_resource,
+                                          load as _load, parse_resource, patch_resource, read_json, update_resource,
                                           version_headers as _version_headers)
+from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE, read_patch
 from interfaces.fhir.registry import included, includes, revincludes
 
 FHIR_JSON = "application/fhir+json"
@@ -186,7 +187,9 @@ def instance_level(type_name: str, rid: str):
         return _read(type_name, rid)
     if request.method == "PUT":
         return _update(type_name, rid)
-    interaction = {"DELETE": "delete", "PATCH": "patch", "POST": "operation"}[request.method]
+    if request.method == "PATCH":
+        return _patch(type_name, rid)
+    interaction = {"DELETE": "delete", "POST": "operation"}[request.method]
     _kind(type_name, interaction)
     raise AssertionError("unreachable")
 
@@ -285,6 +288,19 @@ def _update(type_name: str, rid: str):
     with unit_of_work(current_app.extensions["ris.sessions"]) as session:
         status, obj, rendered = update_resource(session, _context(session), kind, rid, resource,
                                                 request.headers.get("If-Match", "").strip())
+        return _applied(session, _written(kind, obj, rendered, status), obj, f"{type_name}/{obj.id}")
+
+
+def _patch(type_name: str, rid: str):
+    """``PATCH [type]/[id]`` with a JSON Patch (http.html 3.1.0.6, interfaces.fhir.patch)."""
+    kind = _kind(type_name, "patch")
+    if (request.mimetype or "") != PATCH_MEDIA_TYPE:
+        raise FhirError(415, "not-supported", f"PATCH takes a JSON Patch (Content-Type {PATCH_MEDIA_TYPE}), not "
+                        f"{request.mimetype or '(none)'!r}; FHIRPath Patch and XML Patch are not supported")
+    operations = read_patch(request.get_data())
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status, obj, rendered = patch_resource(session, _context(session), kind, rid, operations,
+                                               request.headers.get("If-Match", "").strip())
         return _applied(session, _written(kind, obj, rendered, status), obj, f"{type_name}/{obj.id}")
 
 

@@ -446,7 +446,7 @@ def kept_elements(sent: dict, engine: dict, identifiers: Identifiers, subject_co
 class ServiceRequestKind(Kind):
     name = "ServiceRequest"
     model = RequestedProcedure
-    interactions = ("read", "vread", "update", "create", "search-type", "history-instance")
+    interactions = ("read", "vread", "update", "patch", "create", "search-type", "history-instance")
     versioned = True
     documentation = ("Requested procedures of imaging orders (the same orders as HL7 ORM/OMI/OMG), one ServiceRequest "
                      "each; the procedures of one order share requisition (= accession number). Create schedules the "
