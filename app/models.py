@@ -127,7 +127,9 @@ class LinkStatus(str, enum.Enum):
 # Patients ------------------------------------------------------------------------------------
 class Patient(Base):
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_key"),)
+    # AUTOINCREMENT: SQLite never gives the key of a deleted patient to a new one (FHIR ids are these keys,
+    # and a deleted resource's id answers 410 Gone with its history; PostgreSQL sequences never reuse).
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_key"), {"sqlite_autoincrement": True})
 
     id: Mapped[intpk]
     patient_id: Mapped[ident]

@@ -5,6 +5,7 @@ Every entry is one interaction with the rules of the same request sent alone (in
 - POST ``[type]`` create, with ``request.ifNoneExist`` (conditional create, 3.1.0.8.1);
 - PUT ``[type]/[id]`` update, with ``request.ifMatch`` (412 when stale, 3.1.0.4.1); PUT ``[type]?[search]``
   conditional update (3.1.0.4.3: no match creates, one match updates it, several are 412);
+- DELETE ``[type]/[id]`` and conditional DELETE ``[type]?[search]`` (3.1.0.7, 3.1.0.7.1);
 - PATCH ``[type]/[id]`` with a Binary (contentType application/json-patch+json) holding a JSON Patch;
 - GET ``[type]/[id]`` read and GET ``[type]?[search]`` search.
 
@@ -38,13 +39,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from interfaces.fhir import search as fhir_search
 from interfaces.fhir.errors import FhirError, OutcomeError, issue, operation_outcome, translate
-from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind, load, parse_resource,
-                                          patch_resource, update_resource)
+from interfaces.fhir.interactions import (conditional_delete, conditional_update, create_resource, delete_resource,
+                                          find_kind, load, parse_resource, patch_resource, update_resource)
 from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
 from interfaces.fhir.registry import KINDS, SYSTEM_INTERACTIONS
 
-REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 412: "Precondition Failed", 422: "Unprocessable Entity", 500: "Internal Server Error",
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 412: "Precondition Failed",
+           415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error",
            503: "Service Unavailable"}
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _CONDITIONAL_REF = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
@@ -136,6 +138,8 @@ def _interaction(entry: Entry) -> str:
         interaction = "search-type"
     elif entry.method == "PATCH" and segments == 2:
         interaction = "patch"
+    elif entry.method == "DELETE" and segments in (1, 2) and (segments == 2 or entry.query):
+        interaction = "delete"
     elif entry.method in ("DELETE", "PATCH"):
         find_kind(entry.type_name, entry.method.lower())   # 404 unknown type, 405 not offered
         raise FhirError(405, "not-supported", f"{entry.method} {entry.url!r} is not supported in a Bundle")
@@ -206,6 +210,13 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
         total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         found = fhir_search.searchset(f"{base}/{kind.name}", parsed, total, [kind.render(r, ctx) for r in rows], base)
         return {"resource": found, "response": {"status": status_line(200)}}
+    if interaction == "delete":
+        if_match = str(entry.request.get("ifMatch") or "").strip()
+        if entry.rid:
+            delete_resource(session, ctx, kind, entry.rid, if_match)
+        else:
+            conditional_delete(session, ctx, kind, entry.query, if_match)
+        return {"response": {"status": status_line(204)}}
     if interaction == "patch":
         try:
             operations = json.loads(base64.b64decode(entry.data.get("data") or "", validate=True).decode("utf-8"))

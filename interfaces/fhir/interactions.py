@@ -10,11 +10,14 @@ both call these, so an entry of a transaction behaves exactly like the same requ
   412 when stale);
 - :func:`conditional_update`: conditional update (3.1.0.4.3): no match creates, one match updates, several 412;
 - :func:`patch_resource`: patch (3.1.0.6) with JSON Patch, then as an update;
+- :func:`delete_resource`, :func:`conditional_delete`: delete (3.1.0.7, 3.1.0.7.1) with a kept record of it
+  (410 Gone afterwards);
 - versions kept for vread and _history (3.1.0.3): :func:`keep`, :func:`kept`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from urllib.parse import parse_qsl
 
@@ -25,15 +28,27 @@ from sqlalchemy import select
 
 from app.models import ResourceVersion
 from interfaces.fhir import search as fhir_search
-from interfaces.fhir.datatypes import Context, numeric_id
+from interfaces.fhir.datatypes import Context, numeric_id, utc_instant
 from interfaces.fhir.errors import FhirError, validation_error
 from interfaces.fhir.patch import apply_patch
 from interfaces.fhir.registry import KINDS, is_fhir_type
 
 
 # Lookups -------------------------------------------------------------------------------------
-def find_kind(type_name: str, interaction: str):
-    """The served type ``type_name`` if it offers ``interaction`` (404 unknown type, 405 interaction not offered)."""
+def find_operation(kind, name: str, *, instance: bool):
+    """The operation ``$name`` of ``kind`` at type or instance level (404 when it is not offered there)."""
+    op = kind.operations.get(name)
+    if op is None or (instance and not op.instance) or (not instance and not op.type_level):
+        offered = ", ".join(f"${o.name}" for o in kind.operations.values()) or "none"
+        level = "instance" if instance else "type"
+        raise FhirError(404, "not-supported", f"operation ${name} is not offered on {kind.name} at {level} level "
+                        f"(offered: {offered}; see /fhir/metadata)")
+    return op
+
+
+def find_kind(type_name: str, interaction: str | None):
+    """The served type ``type_name`` if it offers ``interaction`` (404 unknown type, 405 interaction not offered;
+    ``None``: any served type)."""
     kind = KINDS.get(type_name)
     if kind is None:
         served = ", ".join(KINDS)
@@ -41,17 +56,24 @@ def find_kind(type_name: str, interaction: str):
             raise FhirError(404, "not-supported", f"resource type {type_name} is not served by this server "
                             f"(served: {served}; see /fhir/metadata)")
         raise FhirError(404, "not-supported", f"{type_name!r} is not a FHIR R4 resource type (served: {served})")
-    if interaction not in kind.interactions:
+    if interaction is not None and interaction not in kind.interactions:
         offered = ", ".join(kind.interactions)
+        why = kind.refusals.get(interaction, "")
         raise FhirError(405, "not-supported", f"interaction {interaction} is not supported for {type_name} "
-                        f"(supported: {offered})")
+                        f"(supported: {offered})" + (f": {why}" if why else ""))
     return kind
 
 
 def load(kind, session, rid: str):
+    """The row of ``kind``/``rid``: 404 if it never existed, 410 Gone if it was deleted (http.html 3.1.0.7)."""
     number = numeric_id(rid)
     obj = kind.load(session, number) if number is not None else None
     if obj is None:
+        gone = tombstone(session, kind, number) if number is not None else None
+        if gone is not None:
+            raise FhirError(410, "deleted", f"{kind.name}/{rid} was deleted at {gone['meta']['lastUpdated']} "
+                            f"(version {gone['meta']['versionId']}); its earlier versions stay readable "
+                            f"({kind.name}/{rid}/_history)", (f"{kind.name}.id",))
         raise FhirError(404, "not-found", f"{kind.name}/{rid} does not exist", (f"{kind.name}.id",))
     return obj
 
@@ -156,6 +178,15 @@ def keep(session, kind, obj, resource: dict) -> None:
         session.flush()
 
 
+DELETED = "deleted"   # the key that marks a kept version as the record of a delete (never served as a resource)
+
+
+def tombstone(session, kind, number: int) -> dict | None:
+    """The record of the delete of ``kind``/``number`` (its last kept version), or None."""
+    last = next(iter(kept(session, kind, number)), None)
+    return last.content if last is not None and last.content.get(DELETED) else None
+
+
 def kept(session, kind, number: int) -> list[ResourceVersion]:
     return list(session.scalars(select(ResourceVersion).where(
         ResourceVersion.resource_type == kind.name, ResourceVersion.resource_id == number)
@@ -232,6 +263,35 @@ def patch_resource(session, ctx: Context, kind, rid: str, operations, if_match: 
     check_if_match(kind, obj, rid, if_match)
     patched = apply_patch(kind.render(obj, ctx), operations)
     return update_resource(session, ctx, kind, rid, parse_resource(kind.name, patched), if_match)
+
+
+def delete_resource(session, ctx: Context, kind, rid: str, if_match: str = "") -> int:
+    """Delete (http.html 3.1.0.7): 204 whether it existed or not (deleting what is not there, or is deleted
+    already, changes nothing); the last version stays readable (vread, _history) and a record of the delete is
+    kept, so a later read answers 410 Gone. What may be deleted, and what holds a resource, is the kind's rule."""
+    number = numeric_id(rid)
+    obj = kind.load(session, number) if number is not None else None
+    if obj is None:
+        return 204
+    check_if_match(kind, obj, rid, if_match)
+    keep(session, kind, obj, kind.render(obj, ctx))
+    version, key = kind.version(obj) or 1, obj.id
+    kind.delete(session, obj, ctx)
+    now = utc_instant(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    session.add(ResourceVersion(resource_type=kind.name, resource_id=key, version=version + 1,
+                                content={"resourceType": kind.name, "id": str(key), DELETED: True,
+                                         "meta": {"versionId": str(version + 1), "lastUpdated": now}}))
+    session.flush()
+    return 204
+
+
+def conditional_delete(session, ctx: Context, kind, condition: str, if_match: str = "") -> tuple[int, str]:
+    """Conditional delete ``DELETE [type]?[search]`` (http.html 3.1.0.7.1, conditionalDelete 'single'): no match
+    changes nothing (204), one match is deleted, several are 412. (status, the id deleted or '')."""
+    rows = _matches(session, ctx, kind, condition, "the conditional delete")
+    if not rows:
+        return 204, ""
+    return delete_resource(session, ctx, kind, str(rows[0].id), if_match), str(rows[0].id)
 
 
 def conditional_update(session, ctx: Context, kind, condition: str, data: dict,

@@ -38,6 +38,7 @@ class Kind:
     model = None                       # the SQLAlchemy model whose rows are the resources
     interactions: tuple[str, ...] = ("read", "search-type")
     versioned: bool = False            # meta.versionId / ETag / vread / If-Match from ``model.version``
+    refusals: dict[str, str] = {}      # interaction -> why it is not offered (said in the 405)
     documentation: str = ""
     profile: str = ""
 
@@ -85,6 +86,9 @@ class Kind:
 
     def update(self, session: Session, obj, resource, ctx: Context):
         raise FhirError(405, "not-supported", f"{self.name} cannot be updated here")
+
+    def delete(self, session: Session, obj, ctx: Context) -> None:
+        raise FhirError(405, "not-supported", f"{self.name} cannot be deleted here")
 
     # Shared -------------------------------------------------------------------------------
     def load(self, session: Session, number: int):

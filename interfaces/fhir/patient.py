@@ -15,16 +15,19 @@ different identifier renames the patient as ADT A47 does (refused if another pat
 
 from __future__ import annotations
 
-from sqlalchemy import func
+import functools
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.commands import ChangePatientId, PatientData, PatientRef
 from app.errors import Conflict, InvalidInput, UnknownCode
 from app.models import Patient
-from app.services.patients import change_patient_id, find_patient, register_patient, survivor_of
+from app.services.patients import change_patient_id, delete_patient, find_patient, register_patient, survivor_of
 from interfaces.fhir.datatypes import (GENDER_TO_SEX, SEX_TO_GENDER, V2_0203, Context, chosen_name, human_names,
                                        identifier_type, name_text, person_name)
-from interfaces.fhir.kinds import Kind
+from interfaces.fhir.kinds import Kind, Operation
+from interfaces.fhir.merge import DEFINITION as MERGE_DEFINITION, run_merge
 from interfaces.fhir.search import SearchParam, date_clause, string_clause, token
 
 
@@ -70,10 +73,22 @@ def patient_reference(patient: Patient) -> dict:
 class PatientKind(Kind):
     name = "Patient"
     model = Patient
-    interactions = ("read", "vread", "update", "patch", "create", "search-type", "history-instance")
+    interactions = ("read", "vread", "update", "patch", "delete", "create", "search-type", "history-instance")
     versioned = True
     documentation = ("Patients keyed by identifier (DICOM Patient ID / Issuer); shared with HL7 ADT. Create with "
-                     "an identifier that exists is refused (409); update with another identifier renames (as A47).")
+                     "an identifier that exists is refused (409); update with another identifier renames (as A47). "
+                     "Delete removes a record registered in error; refused (409) while it has orders, visits, "
+                     "appointments, archived studies or a merge history. $merge merges as ADT A40 does.")
+
+    def own_operations(self) -> list[Operation]:
+        return [Operation("merge", MERGE_DEFINITION, "Merge the source patient into the target (the ADT A40 merge "
+                          "and its guards): source-patient(-identifier), target-patient(-identifier), result-patient, "
+                          "preview", functools.partial(run_merge, render=self.render))]
+
+    def delete(self, session: Session, patient: Patient, ctx: Context) -> None:
+        """A patient record registered in error (app.services.patients.delete_patient has the guards)."""
+        ctx.origin("patient.id", "Patient")
+        delete_patient(session, patient)
 
     def own_params(self) -> list[SearchParam]:
         def identifier(value, _m, _ctx):
@@ -113,8 +128,14 @@ class PatientKind(Kind):
             resource["gender"] = SEX_TO_GENDER.get(patient.sex, "unknown")
         if patient.birth_date:
             resource["birthDate"] = patient.birth_date.isoformat()
+        links = []
         if patient.merged_into_fk is not None:
-            resource["link"] = [{"other": {"reference": f"Patient/{patient.merged_into_fk}"}, "type": "replaced-by"}]
+            links.append({"other": {"reference": f"Patient/{patient.merged_into_fk}"}, "type": "replaced-by"})
+        if ctx.session is not None:   # the records merged into this one (ADT A40, $merge)
+            links += [{"other": {"reference": f"Patient/{key}"}, "type": "replaces"} for key in ctx.session.scalars(
+                select(Patient.id).where(Patient.merged_into_fk == patient.id).order_by(Patient.id))]
+        if links:
+            resource["link"] = links
         return resource
 
     def create(self, session: Session, resource, ctx: Context) -> Patient:

@@ -29,9 +29,10 @@ from interfaces.fhir import search as fhir_search
 from interfaces.fhir.capability import capability_statement
 from interfaces.fhir.datatypes import Context, numeric_id
 from interfaces.fhir.errors import FhirError, issue, operation_outcome, translate
-from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind as _kind, kept as _kept,
-                                          load as _load, parse_resource, patch_resource, read_json, update_resource,
-                                          version_headers as _version_headers)
+from interfaces.fhir.interactions import (DELETED, conditional_delete, conditional_update, create_resource,
+                                          delete_resource, find_kind as _kind, find_operation, kept as _kept,
+                                          load as _load, parse_resource, patch_resource, read_json, tombstone,
+                                          update_resource, version_headers as _version_headers)
 from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE, read_patch
 from interfaces.fhir.registry import included, includes, revincludes
 
@@ -165,6 +166,8 @@ def type_level(type_name: str):
     if request.method == "POST":
         return _create(type_name)
     kind = _kind(type_name, "update" if request.method == "PUT" else request.method.lower())
+    if request.method == "DELETE":
+        return _conditional_delete(kind)
     if request.method != "PUT":
         raise FhirError(405, "not-supported", f"{request.method} {type_name} (conditional {request.method.lower()}) "
                         "is not supported")
@@ -189,9 +192,20 @@ def instance_level(type_name: str, rid: str):
         return _update(type_name, rid)
     if request.method == "PATCH":
         return _patch(type_name, rid)
-    interaction = {"DELETE": "delete", "POST": "operation"}[request.method]
-    _kind(type_name, interaction)
-    raise AssertionError("unreachable")
+    if request.method == "DELETE":
+        return _delete(type_name, rid)
+    if rid.startswith("$"):   # POST [type]/$operation
+        return _operation(type_name, rid[1:], None)
+    raise FhirError(405, "not-supported", f"POST {request.path}: POST creates at {_base()}/{type_name} (no id) or "
+                    f"runs an operation ({type_name}/$name); see /fhir/metadata")
+
+
+@fhir.route("/<type_name>/<rid>/<name>", methods=["POST"])
+def instance_operation(type_name: str, rid: str, name: str):
+    """``POST [type]/[id]/$operation`` (operations.html)."""
+    if not name.startswith("$"):
+        raise FhirError(404, "not-found", f"no FHIR endpoint at {request.path} (POST); see /fhir/metadata")
+    return _operation(type_name, name[1:], rid)
 
 
 @fhir.get("/<type_name>/<rid>/_history")
@@ -202,26 +216,43 @@ def history(type_name: str, rid: str):
     kind = _kind(type_name, "history-instance")
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
-        obj = _load(kind, session, rid)
-        current = kind.render(obj, ctx)
-        kept = [v.content for v in _kept(session, kind, obj.id) if v.version != kind.version(obj)]
+        number = numeric_id(rid)
+        if number is not None and tombstone(session, kind, number) is not None:   # deleted: what was kept
+            versions = [v.content for v in _kept(session, kind, number)]
+        else:
+            obj = _load(kind, session, rid)
+            versions = [kind.render(obj, ctx)] + [v.content for v in _kept(session, kind, obj.id)
+                                                  if v.version != kind.version(obj)]
     entries = []
-    for resource in [current, *kept]:
+    for resource in versions:
         version = resource["meta"]["versionId"]
-        created = version == "1"
-        entries.append({"fullUrl": f"{_base()}/{type_name}/{rid}", "resource": resource,
-                        "request": {"method": "POST" if created else "PUT",
-                                    "url": type_name if created else f"{type_name}/{rid}"},
-                        "response": {"status": "201 Created" if created else "200 OK", "etag": f'W/"{version}"',
-                                     "lastModified": resource["meta"]["lastUpdated"]}})
+        created, deleted = version == "1", bool(resource.get(DELETED))
+        method = "DELETE" if deleted else "POST" if created else "PUT"
+        entry = {"fullUrl": f"{_base()}/{type_name}/{rid}",
+                 "request": {"method": method, "url": type_name if method == "POST" else f"{type_name}/{rid}"},
+                 "response": {"status": "204 No Content" if deleted else "201 Created" if created else "200 OK",
+                              "etag": f'W/"{version}"', "lastModified": resource["meta"]["lastUpdated"]}}
+        if not deleted:
+            entry["resource"] = resource
+        entries.append(entry)
     return _respond({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
 
 @fhir.get("/<type_name>/<rid>/_history/<vid>")
 def vread(type_name: str, rid: str, vid: str):
+    """vread (http.html 3.1.0.3); the versions of a deleted resource stay readable, its deletion is 410."""
     kind = _kind(type_name, "vread")
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
+        number = numeric_id(rid)
+        if number is not None and tombstone(session, kind, number) is not None:
+            kept = next((v.content for v in _kept(session, kind, number) if str(v.version) == vid), None)
+            if kept is None:
+                raise FhirError(404, "not-found", f"version {vid} of {type_name}/{rid} is not available")
+            if kept.get(DELETED):
+                raise FhirError(410, "deleted", f"version {vid} of {type_name}/{rid} is its deletion (at "
+                                f"{kept['meta']['lastUpdated']})")
+            return _respond(kept, headers={"ETag": f'W/"{vid}"', "Last-Modified": kept["meta"]["lastUpdated"]})
         obj = _load(kind, session, rid)
         if vid == str(kind.version(obj)):
             resource = kind.render(obj, ctx)
@@ -302,6 +333,40 @@ def _patch(type_name: str, rid: str):
         status, obj, rendered = patch_resource(session, _context(session), kind, rid, operations,
                                                request.headers.get("If-Match", "").strip())
         return _applied(session, _written(kind, obj, rendered, status), obj, f"{type_name}/{obj.id}")
+
+
+def _delete(type_name: str, rid: str):
+    """``DELETE [type]/[id]`` (http.html 3.1.0.7): 204, whether it existed or not."""
+    kind = _kind(type_name, "delete")
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status = delete_resource(session, _context(session), kind, rid, request.headers.get("If-Match", "").strip())
+        return _applied(session, _respond(None, status), None, f"{type_name}/{rid}")
+
+
+def _conditional_delete(kind):
+    """``DELETE [type]?[search]`` (http.html 3.1.0.7.1): no match or one match deleted (204); several 412."""
+    condition = request.query_string.decode("utf-8")
+    if not condition:
+        raise FhirError(400, "required", f"DELETE {kind.name} needs search criteria (conditional delete) or an id "
+                        f"(DELETE {kind.name}/[id])")
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status, rid = conditional_delete(session, _context(session), kind, condition,
+                                         request.headers.get("If-Match", "").strip())
+        return _applied(session, _respond(None, status), None, f"{kind.name}/{rid}" if rid else "")
+
+
+def _operation(type_name: str, name: str, rid: str | None):
+    """``POST [type]/$name`` or ``[type]/[id]/$name`` with a Parameters resource (operations.html 3.1.0.10)."""
+    kind = _kind(type_name, None)
+    op = find_operation(kind, name, instance=rid is not None)
+    _check_media_type()
+    parameters = parse_resource("Parameters", read_json(request.get_data(), "a Parameters resource"))
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        ctx = _context(session)
+        instance = _load(kind, session, rid) if rid is not None else None
+        status, answer, written = op.run(session, ctx, parameters, instance)
+        return _applied(session, _respond(answer, status), written,
+                        f"{type_name}/{written.id}" if written is not None else "")
 
 
 def _conditional_update(kind):

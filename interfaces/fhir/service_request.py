@@ -448,6 +448,9 @@ class ServiceRequestKind(Kind):
     model = RequestedProcedure
     interactions = ("read", "vread", "update", "patch", "create", "search-type", "history-instance")
     versioned = True
+    refusals = {"delete": "an order is not deleted here (FHIR R4 http.html 3.1.0.7: deleting a record implies "
+                          "nothing about the order it stands for); to cancel the order, update its status to revoked "
+                          "(PUT or PATCH)"}
     documentation = ("Requested procedures of imaging orders (the same orders as HL7 ORM/OMI/OMG), one ServiceRequest "
                      "each; the procedures of one order share requisition (= accession number). Create schedules the "
                      "procedure and its step in the DICOM worklist; status revoked cancels, on-hold holds; update "

@@ -43,14 +43,14 @@ def test_failures_are_stored_as_error_or_rejected_with_the_operation_outcome(app
                                        "code": {"text": "lipids"}, "subject": {"reference": f"Patient/{patient['id']}"}})
     stale = dict(fixture("patient_doe.json"), id=patient["id"])
     assert fhir.put(f"/fhir/Patient/{patient['id']}", stale, headers={"If-Match": 'W/"99"'}).status_code == 412
-    assert fhir.call("DELETE", f"/fhir/Patient/{patient['id']}").status_code == 405
+    assert fhir.call("DELETE", "/fhir/Task/1").status_code == 405
     rows = {r["message_type"]: r for r in messages(app)}
     create = [r for r in messages(app, type="FHIR ServiceRequest create")]
     assert sorted((r["status"], r["ack_code"]) for r in create) == [("ERROR", "AE"), ("REJECTED", "AR")]
     assert any(r["error"].startswith("HTTP 400: malformed JSON") for r in create)
     assert any(r["error"].startswith("HTTP 422:") and "modality" in r["error"] for r in create)
     assert rows["FHIR Patient update"]["status"] == "ERROR" and "HTTP 412" in rows["FHIR Patient update"]["error"]
-    assert rows["FHIR Patient delete"]["status"] == "REJECTED"
+    assert rows["FHIR Task delete"]["status"] == "REJECTED"
     detail = app.test_client().get(f"/api/messages/{rows['FHIR Patient update']['id']}").json
     assert json.loads(detail["ack"])["resourceType"] == "OperationOutcome"
     assert detail["changes"] == [{"http_status": 412}]

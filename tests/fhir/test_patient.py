@@ -158,7 +158,8 @@ def test_a_patient_merged_by_hl7_points_to_the_survivor_and_cannot_be_updated(fh
     new = matches(fhir.search("/fhir/Patient?identifier=HOSP|MRG-NEW"))[0]
     assert old["active"] is False and old["link"] == [{"other": {"reference": f"Patient/{new['id']}"},
                                                        "type": "replaced-by"}]
-    assert new["active"] is True and "link" not in new
+    assert new["active"] is True and new["link"] == [{"other": {"reference": f"Patient/{old['id']}"},
+                                                      "type": "replaces"}]
     refused = fhir.put(f"/fhir/Patient/{old['id']}", dict(old, gender="male"))
     assert refused.status_code == 409 and f"Patient/{new['id']}" in outcome(refused)["diagnostics"]
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 04:45:47.391596
+Create Date: 2026-12-04 05:10:47.376035
 """
 from alembic import op
 import sqlalchemy as sa
@@ -94,7 +94,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['merged_into_fk'], ['patients.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('patient_id', 'issuer', name='uq_patient_key')
+    sa.UniqueConstraint('patient_id', 'issuer', name='uq_patient_key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patients_merged_into_fk'), ['merged_into_fk'], unique=False)
