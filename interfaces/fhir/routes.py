@@ -141,6 +141,7 @@ def metadata():
 
 
 @fhir.route("", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@fhir.route("/", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])   # "[base]/", as clients often write it
 def system_level():
     """POST of a batch or transaction Bundle (http.html 3.1.0.11, interfaces.fhir.bundle); whole-system
     search and history are not offered."""
