@@ -596,6 +596,7 @@ class Subscription(Base):
     topic: Mapped[str] = mapped_column(String(32), nullable=False)           # the resource type watched
     criteria: Mapped[str] = mapped_column(String(1000), nullable=False, default="")
     endpoint: Mapped[str] = mapped_column(String(1000), nullable=False)
+    base_url: Mapped[str] = mapped_column(String(255), nullable=False, default="")   # the server as the client saw it
     headers: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     payload: Mapped[str] = mapped_column(String(64), nullable=False, default="")      # mime type, "" = empty
     content: Mapped[str] = mapped_column(String(16), nullable=False, default="id-only")

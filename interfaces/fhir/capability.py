@@ -33,6 +33,8 @@ def _resource(kind) -> dict:
                                            "documentation": p.documentation}.items() if v}
                         for p in kind.search_params.values()],
     }
+    if kind.capability_extensions:
+        entry = {"extension": kind.capability_extensions, **entry}
     if kind.operations:
         entry["operation"] = [{"name": op.name, "definition": op.definition, "documentation": op.documentation}
                               for op in kind.operations.values()]

@@ -50,6 +50,11 @@ class Kind:
     # Conditional interactions (http.html 3.1.0.4.3, 3.1.0.7.1, 3.1.0.8.1): offered with the plain ones, by the
     # same code (interfaces.fhir.interactions), so the CapabilityStatement reads them from here.
     @property
+    def capability_extensions(self) -> list[dict]:
+        """Extensions of this type's entry in the CapabilityStatement (e.g. the subscription topics offered)."""
+        return []
+
+    @property
     def conditional_create(self) -> bool:
         return "create" in self.interactions
 

@@ -12,13 +12,14 @@ from interfaces.fhir.imaging_study import ImagingStudyKind
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import PatientKind
 from interfaces.fhir.service_request import ServiceRequestKind
+from interfaces.fhir.subscription import SubscriptionKind
 from interfaces.fhir.task import TaskKind
 
 # System interactions (http.html 3.1.0.11): POST of a Bundle of these types to the base URL.
 SYSTEM_INTERACTIONS = ("transaction", "batch")
 
 KINDS: dict[str, Kind] = {k.name: k for k in (PatientKind(), ServiceRequestKind(), TaskKind(), ImagingStudyKind(),
-                                               AppointmentKind(), DiagnosticReportKind())}
+                                               AppointmentKind(), DiagnosticReportKind(), SubscriptionKind())}
 
 
 def includes(kind: Kind) -> list[str]:

@@ -112,14 +112,19 @@ GROUPS = {"code": ("code",), "priority": ("priority",),
           "requester": ("requester",), "reason": ("reasonCode", "reasonReference"), "modalities": ("orderDetail",)}
 
 
-def status_of(proc: RequestedProcedure) -> str:
-    if proc.order.status is OrderStatus.HELD:
+def status_code(order_status: OrderStatus, state: ProcedureState) -> str:
+    """ServiceRequest.status of a procedure in ``state`` of an order in ``order_status``."""
+    if order_status is OrderStatus.HELD:
         return "on-hold"
-    if proc.state in COMPLETED_STATES:
+    if state in COMPLETED_STATES:
         return "completed"
-    if proc.state in REVOKED_STATES:
+    if state in REVOKED_STATES:
         return "revoked"
     return "active"
+
+
+def status_of(proc: RequestedProcedure) -> str:
+    return status_code(proc.order.status, proc.state)
 
 
 def first_procedure_key(order_fk):

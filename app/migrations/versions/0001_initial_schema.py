@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 05:10:47.376035
+Create Date: 2026-12-04 05:24:48.960196
 """
 from alembic import op
 import sqlalchemy as sa
@@ -131,6 +131,7 @@ def upgrade() -> None:
     sa.Column('topic', sa.String(length=32), nullable=False),
     sa.Column('criteria', sa.String(length=1000), nullable=False),
     sa.Column('endpoint', sa.String(length=1000), nullable=False),
+    sa.Column('base_url', sa.String(length=255), nullable=False),
     sa.Column('headers', sa.JSON(), nullable=False),
     sa.Column('payload', sa.String(length=64), nullable=False),
     sa.Column('content', sa.String(length=16), nullable=False),
