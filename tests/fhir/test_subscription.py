@@ -197,6 +197,31 @@ def test_changes_rolled_back_notify_nothing(fhir, patient, receiver, session_fac
     assert refused.status_code == 422 and rows(session_factory) == before
 
 
+def test_a_failed_job_of_a_group_commit_notifies_nothing(fhir, patient, receiver, session_factory):
+    from app.group_commit import GroupCommitter
+    fhir.create(backport(receiver.url, "task-status"))
+    order(fhir, patient, "SUBACC10")
+    before = rows(session_factory)
+
+    def fails(session):
+        session.scalars(select(ProcedureStep)).one().status = StepStatus.HELD
+        session.flush()
+        raise RuntimeError("this job fails after its change")
+
+    def holds(session):
+        session.scalars(select(ProcedureStep)).one().status = StepStatus.HELD
+
+    committer = GroupCommitter(session_factory).start()
+    try:
+        with pytest.raises(RuntimeError):
+            committer.run(fails)
+        assert rows(session_factory) == before
+        committer.run(holds)                       # the same change, succeeding: notified once
+    finally:
+        committer.stop()
+    assert [status for _, status in rows(session_factory)[len(before):]] == [OutboxStatus.PENDING]
+
+
 def test_off_and_deleted_subscriptions_send_nothing(fhir, patient, receiver, session_factory):
     sub = fhir.create(backport(receiver.url, "servicerequest-status"))
     off = fhir.put(f"/fhir/Subscription/{sub['id']}", {**{k: v for k, v in sub.items() if k != "meta"},
