@@ -100,35 +100,35 @@ def _prefer(name: str) -> str:
     return ""
 
 
-# Raw input first (interfaces.fhir.inbound) ----------------------------------------------------
+# Raw input kept (interfaces.fhir.inbound) -----------------------------------------------------
 @fhir.before_request
-def _store_write() -> None:
-    """Store every write request durably before it is applied (searches by POST are reads)."""
-    g.fhir_message = None
+def _note_write() -> None:
+    """Note every write request as received (searches by POST are reads); it is stored with its change."""
+    g.fhir_write = None
     if request.method not in inbound.WRITE_METHODS or request.path.endswith("/_search"):
         return
-    parts = [p for p in request.path.split("/")[2:] if p]
-    g.fhir_message = inbound.store(current_app.extensions["ris.sessions"], method=request.method, path=request.path,
-                                   query=request.query_string.decode("latin-1"), body=request.get_data(),
-                                   peer=request.remote_addr or "", request_id=request.headers.get("X-Request-Id", ""),
-                                   parts=parts)
+    g.fhir_write = inbound.Write(method=request.method, path=request.path,
+                                 query=request.query_string.decode("latin-1"), body=request.get_data(),
+                                 peer=request.remote_addr or "", request_id=request.headers.get("X-Request-Id", ""),
+                                 parts=tuple(p for p in request.path.split("/")[2:] if p))
 
 
 @fhir.after_request
 def _record_answer(response: Response) -> Response:
-    """A write that failed (or was answered outside a unit of work): record its answer on the message."""
-    msg_id = getattr(g, "fhir_message", None)
-    if msg_id is not None and not getattr(g, "fhir_answered", False):
+    """A write that was not stored with a change (refused, failed, or answered outside a unit of work): store it
+    with its answer now."""
+    write = getattr(g, "fhir_write", None)
+    if write is not None and not getattr(g, "fhir_answered", False):
         try:
-            inbound.answered(current_app.extensions["ris.sessions"], msg_id, response.status_code, response.get_data())
-        except Exception:  # noqa: BLE001 - the answer stands; the message stays RECEIVED for the recovery job
-            current_app.logger.exception("could not record the answer of FHIR message %s", msg_id)
+            inbound.answered(current_app.extensions["ris.sessions"], write, response.status_code, response.get_data())
+        except Exception:  # noqa: BLE001 - the answer stands
+            current_app.logger.exception("could not store the FHIR request %s %s", write.method, write.path)
     return response
 
 
 def _applied(session, response: Response, obj=None, reference: str = "") -> Response:
-    """Record the answer of an applied write in the unit of work of its change."""
-    inbound.applied(session, getattr(g, "fhir_message", None), response.status_code, response.get_data(),
+    """Store the request of an applied write in the unit of work of its change."""
+    inbound.applied(session, getattr(g, "fhir_write", None), response.status_code, response.get_data(),
                     reference=reference, written=obj)
     g.fhir_answered = True
     return response
@@ -387,6 +387,7 @@ def _conditional_update(kind):
 # Errors: one translation for the blueprint -----------------------------------------------------
 @fhir.errorhandler(Exception)
 def _error(exc: Exception):
+    g.fhir_answered = False   # a commit that failed took the stored request with it: store it with this answer
     if isinstance(exc, HTTPException):
         return _http_outcome(exc)
     status, outcome = translate(exc, getattr(g, "fhir_locations", None))
