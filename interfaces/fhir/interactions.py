@@ -208,9 +208,10 @@ def _matches(session, ctx: Context, kind, condition: str, what: str) -> list:
 
 
 def _written(session, ctx: Context, kind, obj) -> tuple[object, dict]:
+    """The written row as the answer renders it (after the flush: ids, versions and times are final), kept for
+    vread. The row's objects are current: the services change them in the session (bulk UPDATEs expire what
+    they touch)."""
     session.flush()
-    session.expire_all()
-    obj = kind.load(session, obj.id)
     rendered = kind.render(obj, ctx)
     keep(session, kind, obj, rendered)
     return obj, rendered

@@ -75,8 +75,8 @@ import re
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import and_, func, or_, select, union
+from sqlalchemy.orm import Session, contains_eager, selectinload
 
 from app.commands import (CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData,
                           StepData, UpdateOrder)
@@ -466,10 +466,11 @@ class ServiceRequestKind(Kind):
         return stmt.join(RequestedProcedure.order)
 
     def query(self):
+        """The procedures with their order and patient (from the search's join) and their steps and stations: three
+        queries for a page, whatever its size."""
         return (self.joined(select(RequestedProcedure))
-                .options(selectinload(RequestedProcedure.order).selectinload(Order.patient),
-                         selectinload(RequestedProcedure.order).selectinload(Order.procedures)
-                         .selectinload(RequestedProcedure.steps).selectinload(ProcedureStep.stations)))
+                .options(contains_eager(RequestedProcedure.order).joinedload(Order.patient),
+                         selectinload(RequestedProcedure.steps).selectinload(ProcedureStep.stations)))
 
     def version(self, proc) -> int:
         return proc.order.version
@@ -511,8 +512,11 @@ class ServiceRequestKind(Kind):
             placer = Order.placer_order_number == code
             if system == "":  # '|code': identifiers without a system
                 placer = placer & (Order.placer_issuer == "")
-            return or_(Order.accession_number == code, Order.filler_order_number == code, placer,
-                       RequestedProcedure.requested_procedure_id == code)
+            # one indexed lookup per identifier column (an OR across the joined tables would scan every order)
+            by_order = (select(RequestedProcedure.id).join(RequestedProcedure.order)
+                        .where(or_(Order.accession_number == code, Order.filler_order_number == code, placer)))
+            by_procedure = select(RequestedProcedure.id).where(RequestedProcedure.requested_procedure_id == code)
+            return RequestedProcedure.id.in_(union(by_order, by_procedure))
 
         def code(value, _m, _ctx):
             system, value_ = token(value)
