@@ -8,8 +8,10 @@
    PostgreSQL database: its schema ``public`` is emptied) is loaded with N synthetic orders of P patients (one
    requested procedure and one scheduled step each), straight into the tables (the load is not measured), then
    ANALYZE.
-2. The engine starts (``interfaces.runtime.Engine``: MLLP, DICOM and HTTP listeners, no scheduler), and one
-   keep-alive HTTP connection measures, one request at a time, every answer checked:
+2. The engine starts in a process of its own (``interfaces.runtime.Engine``: MLLP, DICOM and HTTP listeners, no
+   scheduler), and one keep-alive HTTP connection measures each kind of request ``--samples`` times in a row,
+   one at a time, every answer checked, with the engine process's CPU time per request (/proc; less disturbed
+   than wall time on a shared machine):
 
    - ``create``: POST ServiceRequest (a new order of an existing patient; 201 required) - target p50 < 15 ms;
    - ``search-patient``: GET ServiceRequest?patient=Patient/<id> (that patient's orders; 200 and the right total
@@ -35,6 +37,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,83 +132,121 @@ def summary(name: str, times: list[float]) -> dict:
             "max": times[-1], "per_s": 1000 * len(times) / sum(times)}
 
 
-def measure(port: int, mllp_port: int, patients: int, orders: int, samples: int, seed: int) -> dict[str, dict]:
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, mllp_port: int, pid: int, patients: int, orders: int, samples: int,
+            seed: int) -> dict[str, dict]:
+    """Each kind of request ``samples`` times in a row (a phase), with the engine process's CPU per request."""
     rng = random.Random(seed)
     client = Http(port)
-    results: dict[str, list[float]] = {k: [] for k in ("create", "search-patient", "read", "search-accession",
-                                                       "hl7-orm", "api-orders", "health")}
     order_count = {p: orders // patients + (1 if p < orders % patients else 0) for p in range(1, patients + 1)}
     for _ in range(20):   # warm-up, not counted
         client.call("GET", f"/fhir/ServiceRequest?patient=Patient/{rng.randint(1, patients)}")
     mllp = MLLPClient("127.0.0.1", mllp_port, timeout=30)
     mllp.connect()
+
+    def create(i: int) -> float:
+        who = rng.randint(1, patients)
+        body = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                "identifier": [{"type": {"coding": [ACSN]}, "value": f"FBN{i:08d}"}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
+                "orderDetail": [{"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}]}],
+                "subject": {"reference": f"Patient/{who}"}, "occurrenceDateTime": "2026-12-20T09:00:00+01:00"}
+        status, created, ms = client.call("POST", "/fhir/ServiceRequest", body)
+        assert status == 201 and created["status"] == "active", (status, created)
+        order_count[who] += 1
+        return ms
+
+    def search_patient(_i: int) -> float:
+        who = rng.randint(1, patients)
+        status, bundle, ms = client.call("GET", f"/fhir/ServiceRequest?patient=Patient/{who}")
+        assert status == 200 and bundle["total"] == order_count[who], (status, bundle and bundle["total"])
+        return ms
+
+    def read(_i: int) -> float:
+        key = rng.randint(1, orders)
+        status, resource, ms = client.call("GET", f"/fhir/ServiceRequest/{key}")
+        assert status == 200 and resource["id"] == str(key), status
+        return ms
+
+    def search_accession(_i: int) -> float:
+        key = rng.randint(1, orders)
+        status, bundle, ms = client.call("GET", f"/fhir/ServiceRequest?identifier=FBA{key - 1:09d}")
+        assert status == 200 and bundle["total"] == 1, status
+        return ms
+
+    def hl7_orm(i: int) -> float:
+        who = rng.randint(1, patients)
+        orm = ("MSH|^~\\&|BENCH|HOSP|RIS|RAD|20261203120000||ORM^O01|FB-{i}|P|2.5.1\r"
+               "PID|||FB{pid:07d}^^^{issuer}||BENCH^PATIENT||19700101|F\r"
+               "ORC|NW|FBHL{i:08d}^BENCH|||||^^^20261220090000\r"
+               "OBR|1|FBHL{i:08d}^BENCH||24627-2^CT Chest^LN||||||||||||||FBH{i:08d}|||||CT\r").format(
+            i=i, pid=who - 1, issuer=ISSUER)
+        started = time.perf_counter()
+        ack = mllp.send(orm.encode("ascii"))
+        ms = (time.perf_counter() - started) * 1000
+        assert b"MSA|AA" in ack, ack
+        order_count[who] += 1
+        return ms
+
+    def api_orders(_i: int) -> float:
+        who = rng.randint(1, patients)
+        status, answer, ms = client.call("GET", f"/api/orders?patient_id=FB{who - 1:07d}")
+        assert status == 200 and answer["orders"], status
+        return ms
+
+    def health(_i: int) -> float:
+        status, _, ms = client.call("GET", "/health")
+        assert status == 200
+        return ms
+
+    phases = {"create": create, "search-patient": search_patient, "read": read, "search-accession": search_accession,
+              "hl7-orm": hl7_orm, "api-orders": api_orders, "health": health}
+    stats = {}
     try:
-        for i in range(samples):
-            pid = rng.randint(1, patients)
-            body = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-                    "identifier": [{"type": {"coding": [ACSN]}, "value": f"FBN{i:08d}"}],
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
-                    "orderDetail": [{"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
-                                                 "code": "CT"}]}],
-                    "subject": {"reference": f"Patient/{pid}"}, "occurrenceDateTime": "2026-12-20T09:00:00+01:00"}
-            status, created, ms = client.call("POST", "/fhir/ServiceRequest", body)
-            assert status == 201 and created["status"] == "active", (status, created)
-            results["create"].append(ms)
-            order_count[pid] += 1
-
-            pid = rng.randint(1, patients)
-            status, bundle, ms = client.call("GET", f"/fhir/ServiceRequest?patient=Patient/{pid}")
-            assert status == 200 and bundle["total"] == order_count[pid], (status, bundle and bundle["total"])
-            results["search-patient"].append(ms)
-
-            key = rng.randint(1, orders)
-            status, read, ms = client.call("GET", f"/fhir/ServiceRequest/{key}")
-            assert status == 200 and read["id"] == str(key), status
-            results["read"].append(ms)
-
-            status, bundle, ms = client.call("GET", f"/fhir/ServiceRequest?identifier=FBA{key - 1:09d}")
-            assert status == 200 and bundle["total"] == 1, status
-            results["search-accession"].append(ms)
-
-            pid = rng.randint(1, patients)
-            orm = ("MSH|^~\\&|BENCH|HOSP|RIS|RAD|20261203120000||ORM^O01|FB-{i}|P|2.5.1\r"
-                   "PID|||FB{pid:07d}^^^{issuer}||BENCH^PATIENT||19700101|F\r"
-                   "ORC|NW|FBHL{i:08d}^BENCH|||||^^^20261220090000\r"
-                   "OBR|1|FBHL{i:08d}^BENCH||24627-2^CT Chest^LN||||||||||||||FBH{i:08d}|||||CT\r").format(
-                i=i, pid=pid - 1, issuer=ISSUER)
-            started = time.perf_counter()
-            ack = mllp.send(orm.encode("ascii"))
-            results["hl7-orm"].append((time.perf_counter() - started) * 1000)
-            assert b"MSA|AA" in ack, ack
-            order_count[pid] += 1
-
-            pid = rng.randint(1, patients)
-            status, answer, ms = client.call("GET", f"/api/orders?patient_id=FB{pid - 1:07d}")
-            assert status == 200 and answer["orders"], status
-            results["api-orders"].append(ms)
-
-            status, _, ms = client.call("GET", "/health")
-            assert status == 200
-            results["health"].append(ms)
+        for name, run in phases.items():
+            before = cpu_ms(pid)
+            times = [run(i) for i in range(samples)]
+            stats[name] = summary(name, times) | {"cpu_ms": (cpu_ms(pid) - before) / samples}
     finally:
         mllp.close()
-    return {k: summary(k, v) for k, v in results.items()}
+    return stats
 
 
 def report(stats: dict[str, dict], args, database: str) -> str:
     peers = {"create": "hl7-orm", "search-patient": "api-orders", "read": "health", "search-accession": "health"}
     lines = [f"FHIR benchmark: {args.orders:,} orders of {args.patients:,} patients, {args.samples} samples each, "
              f"database {database}", "",
-             "| request | n | p50 ms | p95 ms | p99 ms | max ms | req/s | p50 / peer's p50 | target |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| request | n | p50 ms | p95 ms | p99 ms | max ms | req/s | engine CPU ms/req | p50 / peer's p50 | "
+             "target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in stats.items():
         peer = peers.get(name)
         ratio = f"{s['p50'] / stats[peer]['p50']:.2f} x {peer}" if peer else ""
         target = TARGETS.get(name)
         verdict = (f"p50 < {target:g} ms: {'met' if s['p50'] < target else 'MISSED'}" if target else "")
         lines.append(f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | {s['max']:.1f} | "
-                     f"{s['per_s']:.0f} | {ratio} | {verdict} |")
+                     f"{s['per_s']:.0f} | {s['cpu_ms']:.1f} | {ratio} | {verdict} |")
+    load1, load5, _ = os.getloadavg()
+    lines += ["", f"load average during the run: {load1:.1f} (1 min), {load5:.1f} (5 min) on {os.cpu_count()} CPUs"]
     return "\n".join(lines)
+
+
+def serve(folder: str, url: str) -> int:
+    """The engine in a process of its own (so its CPU time is its own): prints its ports, runs until stdin closes."""
+    settings = load_settings(env={}, data_dir=Path(folder), database_url=url, host="127.0.0.1", mllp_port=0,
+                             dicom_port=0, http_port=0, site_timezone="Europe/Berlin")
+    engine = Engine(dataclasses.replace(settings, scheduler_enabled=False))
+    engine.start()
+    try:
+        print(json.dumps({"http": engine.http_port, "mllp": engine.mllp.port}), flush=True)
+        sys.stdin.read()
+    finally:
+        engine.stop()
+    return 0
 
 
 def main() -> int:
@@ -216,7 +257,10 @@ def main() -> int:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--json", default="")
+    parser.add_argument("--serve", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(*args.serve)
     home = Path(os.environ.get("BENCH_HOME", Path.home() / ".cache" / "ris-bench")) / "work" / "ris-fhir"
     home.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-"), dir=home))
@@ -225,14 +269,20 @@ def main() -> int:
     started = time.perf_counter()
     load(url, args.orders, args.patients)
     print(f"loaded {args.orders:,} orders in {time.perf_counter() - started:.1f} s into {folder}", file=sys.stderr)
-    settings = load_settings(env={}, data_dir=folder, database_url=url, host="127.0.0.1", mllp_port=0, dicom_port=0,
-                             http_port=0, site_timezone="Europe/Berlin")
-    engine = Engine(dataclasses.replace(settings, scheduler_enabled=False))
-    engine.start()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(folder), url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        stats = measure(engine.http_port, engine.mllp.port, args.patients, args.orders, args.samples, args.seed)
+        ports = json.loads(server.stdout.readline() or "{}")
+        if not ports:
+            raise SystemExit("the engine did not start (see its log above)")
+        stats = measure(ports["http"], ports["mllp"], server.pid, args.patients, args.orders, args.samples, args.seed)
     finally:
-        engine.stop()
+        server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
     text_ = report(stats, args, database)
     print(text_)
     if args.json:
