@@ -165,11 +165,12 @@ def is_r5(type_name: str, data: dict) -> bool:
 
 
 # History -------------------------------------------------------------------------------------
-def keep(session, kind, obj, resource: dict) -> None:
-    """Keep the rendered version (once) for vread (http.html 3.1.0.3)."""
+def keep(session, kind, obj, resource: dict, *, new: bool = False) -> None:
+    """Keep the rendered version (once) for vread (http.html 3.1.0.3); ``new``: a resource created in this unit
+    of work (nothing of it is kept yet)."""
     if not kind.versioned:
         return
-    exists = session.scalar(select(ResourceVersion.id).where(
+    exists = None if new else session.scalar(select(ResourceVersion.id).where(
         ResourceVersion.resource_type == kind.name, ResourceVersion.resource_id == obj.id,
         ResourceVersion.version == kind.version(obj)))
     if exists is None:
@@ -207,13 +208,13 @@ def _matches(session, ctx: Context, kind, condition: str, what: str) -> list:
     return rows
 
 
-def _written(session, ctx: Context, kind, obj) -> tuple[object, dict]:
+def _written(session, ctx: Context, kind, obj, *, new: bool = False) -> tuple[object, dict]:
     """The written row as the answer renders it (after the flush: ids, versions and times are final), kept for
     vread. The row's objects are current: the services change them in the session (bulk UPDATEs expire what
     they touch)."""
     session.flush()
     rendered = kind.render(obj, ctx)
-    keep(session, kind, obj, rendered)
+    keep(session, kind, obj, rendered, new=new)
     return obj, rendered
 
 
@@ -224,7 +225,7 @@ def create_resource(session, ctx: Context, kind, resource, condition: str = "") 
         if rows:
             return 200, rows[0], kind.render(rows[0], ctx)
     obj = kind.create(session, resource, ctx)
-    return (201, *_written(session, ctx, kind, obj))
+    return (201, *_written(session, ctx, kind, obj, new=True))
 
 
 def update_resource(session, ctx: Context, kind, rid: str, resource, if_match: str = "") -> tuple[int, object, dict]:
