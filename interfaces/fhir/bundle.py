@@ -314,8 +314,10 @@ def transaction(session, make_context, entries: list[Entry], base: str, prefer: 
             if status >= 500:
                 raise
             raise OutcomeError(status, outcome) from exc
-    return {"resourceType": "Bundle", "type": "transaction-response",
-            "entry": [answers[e.index] for e in entries]}
+    answer = {"resourceType": "Bundle", "type": "transaction-response"}
+    if entries:
+        answer["entry"] = [answers[e.index] for e in entries]
+    return answer
 
 
 def batch(unit_of_work, make_context, entries: list[Entry], base: str, prefer: str) -> dict:
@@ -330,4 +332,4 @@ def batch(unit_of_work, make_context, entries: list[Entry], base: str, prefer: s
         except Exception as exc:  # noqa: BLE001 - an entry's failure is its answer (http.html 3.1.0.11.1)
             status, outcome = _failed(entry, exc, ctx.locations if ctx is not None else {})
             answers.append({"response": {"status": status_line(status), "outcome": outcome}})
-    return {"resourceType": "Bundle", "type": "batch-response", "entry": answers}
+    return {"resourceType": "Bundle", "type": "batch-response", **({"entry": answers} if answers else {})}

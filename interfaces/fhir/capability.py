@@ -33,6 +33,7 @@ def _resource(kind) -> dict:
                                            "documentation": p.documentation}.items() if v}
                         for p in kind.search_params.values()],
     }
+    entry = {k: v for k, v in entry.items() if v != []}   # FHIR JSON has no empty arrays
     if kind.capability_extensions:
         entry = {"extension": kind.capability_extensions, **entry}
     if kind.operations:

@@ -272,5 +272,8 @@ def searchset(url: str, parsed: ParsedSearch, total: int, resources: list[dict],
                                      "issue": [issue("not-supported", text, severity="warning")
                                                for text in parsed.ignored]},
                         "search": {"mode": "outcome"}})
-    return {"resourceType": "Bundle", "type": "searchset", "total": total,
-            "link": page_links(url, parsed.used, parsed.count, parsed.offset, total), "entry": entries}
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total,
+              "link": page_links(url, parsed.used, parsed.count, parsed.offset, total)}
+    if entries:   # FHIR JSON has no empty arrays (json.html 2.6.2.x): no match, no entry element
+        bundle["entry"] = entries
+    return bundle
