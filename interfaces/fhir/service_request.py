@@ -86,7 +86,7 @@ from app.services import lifecycle
 from app.services.dispatch import apply_command
 from app.services.patients import find_patient
 from app.vocabulary import MODALITIES
-from interfaces.fhir.datatypes import (DCM, DICOM_UID, V2_0203, Context, human_names, identifier_type, name_text,
+from interfaces.fhir.datatypes import (DCM, DICOM_UID, Context, human_names, identifier_type, name_text,
                                        numeric_id, person_name, reference_id, scheme_of, site_instant, strip_oid,
                                        system_of, to_site_naive, typed_identifier, utc_instant)
 from interfaces.fhir.errors import FhirError
@@ -613,9 +613,11 @@ class ServiceRequestKind(Kind):
         candidate["contained"] = list(kept.get("contained", [])) + engine.get("contained", [])
         if not candidate["contained"]:
             candidate.pop("contained")
-        try:
+        mapped = any(e in kept for elements in GROUPS.values() for e in elements)
+        try:   # only kept forms of mapped elements need reading (two validations): notes, categories... do not
             quiet = _quiet(ctx)
-            mine, theirs = values(_model(candidate), quiet), values(_model(engine), quiet)
+            mine, theirs = ((values(_model(candidate), quiet), values(_model(engine), quiet)) if mapped
+                            else ({}, {}))
         except (ValidationError, FhirError, InvalidInput):
             return self._engine(proc, ctx)   # kept elements that no longer read: the engine's values stand
         for group, elements in GROUPS.items():
