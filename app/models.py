@@ -37,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from app.rows import VERSIONS_BUMPED, version_counted
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -127,10 +129,13 @@ class LinkStatus(str, enum.Enum):
 # Patients ------------------------------------------------------------------------------------
 class Patient(Base):
     __tablename__ = "patients"
+    # AUTOINCREMENT: SQLite never gives the key of a deleted patient to a new one (FHIR ids are these keys,
+    # and a deleted resource's id answers 410 Gone with its history; PostgreSQL sequences never reuse).
     __table_args__ = (
         UniqueConstraint("patient_id", "issuer", name="uq_patient_key"),
         # Worklist and Q/R name keys ("SMI*": LIKE with a literal prefix; text_pattern_ops for PostgreSQL's LIKE)
         Index("ix_patients_name", "name", postgresql_ops={"name": "text_pattern_ops"}),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[intpk]
@@ -224,6 +229,10 @@ class RequestedProcedure(Base):
     priority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     state: Mapped[ProcedureState] = mapped_column(_enum(ProcedureState), nullable=False, default=ProcedureState.ORDERED,
                                                   index=True)
+    # The elements of the FHIR ServiceRequest last written for this procedure that the core keeps no field
+    # for, as the client sent them (contained resources, notes, references into them; interfaces.fhir);
+    # None for a procedure never written over FHIR.
+    fhir_elements: Mapped[Optional[dict]] = mapped_column(JSON)
 
     order: Mapped[Order] = relationship(back_populates="procedures")
     transitions: Mapped[list["ProcedureTransition"]] = relationship(
@@ -501,15 +510,13 @@ class ResourceVersion(Base):
     content: Mapped[dict] = mapped_column(JSON, nullable=False)
 
 
-_BUMPED = "ris.versions_bumped"
-
-
 @event.listens_for(Session, "before_flush")
 def _bump_versions(session: Session, _context, _instances) -> None:
     """Patients and orders count their versions: +1 once per transaction that changes them, whoever
-    changes them (HL7, FHIR, MPPS); a change of an order's procedures or steps is a change of the order.
+    changes them (HL7, FHIR, MPPS), through the ORM or with Core (app.rows.version_counted keeps the one
+    record of both); a change of an order's procedures or steps is a change of the order.
     A record created in the transaction stays at version 1."""
-    seen = session.info.setdefault(_BUMPED, set())
+    seen = session.info.setdefault(VERSIONS_BUMPED, set())
     for obj in session.new:
         if isinstance(obj, (Patient, Order)):
             seen.add(obj)
@@ -519,7 +526,7 @@ def _bump_versions(session: Session, _context, _instances) -> None:
             obj = proc.order if proc is not None else None
         elif not isinstance(obj, (Patient, Order)) or not session.is_modified(obj, include_collections=False):
             continue
-        if obj is None or obj in seen:
+        if obj is None or obj in seen or (obj.id is not None and version_counted(session, obj.__tablename__, obj.id)):
             continue
         seen.add(obj)
         obj.version = (obj.version or 1) + 1
@@ -528,7 +535,7 @@ def _bump_versions(session: Session, _context, _instances) -> None:
 @event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_rollback")
 def _forget_bumps(session: Session) -> None:
-    session.info.pop(_BUMPED, None)
+    session.info.pop(VERSIONS_BUMPED, None)
 
 
 # Outbox --------------------------------------------------------------------------------------
@@ -600,6 +607,7 @@ class Subscription(Base):
     topic: Mapped[str] = mapped_column(String(32), nullable=False)           # the resource type watched
     criteria: Mapped[str] = mapped_column(String(1000), nullable=False, default="")
     endpoint: Mapped[str] = mapped_column(String(1000), nullable=False)
+    base_url: Mapped[str] = mapped_column(String(255), nullable=False, default="")   # the server as the client saw it
     headers: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     payload: Mapped[str] = mapped_column(String(64), nullable=False, default="")      # mime type, "" = empty
     content: Mapped[str] = mapped_column(String(16), nullable=False, default="id-only")

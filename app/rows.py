@@ -216,12 +216,38 @@ def _insert(table: Table, returning: bool):
     return stmt
 
 
+VERSIONS_BUMPED = "ris.versions_bumped"   # session.info: what counted its version in this transaction
+WATCH_WRITES = "ris.watch_writes"   # session.info (set on a session factory): the tables whose Core writes are kept
+WRITES = "ris.row_writes"           # ... in this list: (table name, key, None when created | {column: value before})
+
+
+def written(session: Session, table_name: str, key: int, before: dict | None) -> None:
+    """A row was created (``before`` None) or changed with Core: noted for a watcher of the session's units of work
+    (interfaces.fhir.subscription), as the ORM's flush events show it the rows it writes. Nothing unless asked."""
+    if table_name in session.info.get(WATCH_WRITES, ()):
+        session.info.setdefault(WRITES, []).append((table_name, key, before))
+
+
+def version_counted(session: Session, table_name: str, key: int) -> bool:
+    """Record that row ``key`` of a versioned table (patients, orders) has its version for this transaction: created
+    in it, or bumped once already. True when it had already. Core writes here and the ORM (app.models) share it,
+    so a record is +1 once per transaction whichever of them changes it."""
+    seen = session.info.setdefault(VERSIONS_BUMPED, set())
+    if (table_name, key) in seen:
+        return True
+    seen.add((table_name, key))
+    return False
+
+
 def insert_row(session: Session, table: Table, values: dict, *, record: bool = True) -> int:
     """INSERT one row into ``table`` (column defaults apply) and return its primary key."""
     returning = dbapi_connection(session)[1].name != "sqlite"   # SQLite: the cursor's lastrowid is cheaper
     plan, dbapi, dialect = _prepared(session, _insert(table, returning))
     cursor = _execute(dbapi, dialect, plan.sql, plan.parameters(plan.with_defaults(values)))
     key = cursor.fetchone()[0] if returning else cursor.lastrowid
+    if "version" in table.c:
+        version_counted(session, table.name, key)
+    written(session, table.name, key, None)
     if record:
         note(session, {"action": "created", "entity": table.name, "id": key,
                        "values": {k: plain(v) for k, v in values.items()}})
@@ -248,6 +274,7 @@ def update_row(session: Session, model, key: int, before: dict, after: dict, *, 
     if not diff:
         return {}
     table = model.__table__
+    bump_version = bump_version and not version_counted(session, table.name, key)
     shape = (table.name, tuple(sorted(diff)), bump_version)
     stmt = _UPDATES.get(shape)
     if stmt is None:
@@ -256,15 +283,18 @@ def update_row(session: Session, model, key: int, before: dict, after: dict, *, 
             values["version"] = table.c.version + 1
         stmt = _UPDATES[shape] = update(table).where(table.c.id == bindparam("v__key")).values(values)
     run(session, stmt, {"v__key": key, **{f"v_{k}": v for k, v in diff.items()}})
-    changed(session, model, key)
+    changed(session, model, key, before={k: before.get(k) for k in diff})
     if record:
         note(session, {"action": "updated", "entity": table.name, "id": key,
                        "changes": {k: [plain(before.get(k)), plain(v)] for k, v in diff.items()}})
     return diff
 
 
-def changed(session: Session, model, key: int) -> None:
-    """The row ``key`` of ``model`` was written with Core: expire the ORM object that mirrors it, if loaded."""
+def changed(session: Session, model, key: int, *, before: dict | None = None) -> None:
+    """The row ``key`` of ``model`` was written with Core: expire the ORM object that mirrors it, if loaded.
+    ``before``: the changed columns' values before the write (for :func:`written`)."""
+    if before is not None:
+        written(session, model.__tablename__, key, before)
     obj = session.identity_map.get(identity_key(model, key))
     if obj is not None:
         session.expire(obj)

@@ -32,7 +32,9 @@ from interfaces.fhir.routes import fhir
 from interfaces.hl7.intake import HL7Intake
 from interfaces.http import create_app
 from interfaces.mllp.server import MLLPServer
-from interfaces.outbound.dispatcher import build_dispatcher, route_destinations
+from interfaces.fhir import subscription as fhir_subscription
+from interfaces.outbound.dispatcher import Dispatcher, build_dispatcher, route_destinations
+from interfaces.outbound.http import HttpChannel
 from interfaces.scheduler.jobs import make_scheduler
 from interfaces.mapping_tools import mapping_test
 from interfaces.web import web
@@ -113,10 +115,12 @@ def web_application(settings: Settings):
 def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL7Intake | None = None):
     """The web application; ``intake`` serves message reprocessing and the mapping tools (built here
     when not given)."""
+    fhir_subscription.watch(session_factory, settings)   # FHIR subscription notifications (idempotent)
     if intake is None:
         intake = HL7Intake(settings, session_factory, load_profiles(settings))
     return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
                       services={"reprocess_message": intake.reprocess,
+                                "mapping_profiles": intake.profiles,
                                 "describe_mappings": intake.profiles.describe,
                                 "test_mapping": functools.partial(mapping_test, intake, settings)})
 
@@ -129,6 +133,28 @@ def load_profiles(settings: Settings) -> ProfileSet:
         raise profiles.problems[0]
     profiles.get(settings.mapping_profile)
     return profiles
+
+
+def notification_channels(settings: Settings, session_factory, read_factory):
+    """The outbox destinations of the FHIR subscriptions (interfaces.fhir.subscription), each an HTTP rest-hook
+    (interfaces.outbound.http), asked for at every dispatcher run; subscriptions whose notifications went to the
+    dead letter are set to status error first."""
+    render = fhir_subscription.renderer(read_factory, settings)
+
+    def channels() -> list[HttpChannel]:
+        fhir_subscription.delivery_failed(session_factory)
+        return [HttpChannel(t.name, t.endpoint, render=render, content_type=t.content_type, headers=t.headers,
+                            timeout=settings.outbox_timeout) for t in fhir_subscription.targets(session_factory)]
+    return channels
+
+
+def build_delivery(settings: Settings, session_factory, read_factory) -> Dispatcher:
+    """The outbox dispatcher: the configured HIS destinations and the FHIR subscriptions."""
+    dispatcher = build_dispatcher(settings, session_factory) or Dispatcher(
+        session_factory, [], timeout=settings.outbox_timeout, max_attempts=settings.outbox_max_attempts,
+        backoff_s=settings.outbox_backoff_seconds, backoff_max_s=settings.outbox_backoff_max_seconds)
+    dispatcher.more_channels = notification_channels(settings, session_factory, read_factory)
+    return dispatcher
 
 
 class StartupError(RuntimeError):
@@ -167,7 +193,8 @@ class Engine:
         self.dicom = DicomServer(settings, self.sessions, self.read_sessions, ArchiveStore(settings.archive_path))
         self.wsgi = build_wsgi_app(settings, self.sessions, self.read_sessions, self.intake)
         self.http = None
-        self.dispatcher = build_dispatcher(settings, self.sessions) if settings.scheduler_enabled else None
+        self.dispatcher = (build_delivery(settings, self.sessions, self.read_sessions) if settings.scheduler_enabled
+                           else None)
         self.scheduler = (make_scheduler(settings, self.sessions, self.intake, self.dispatcher)
                           if settings.scheduler_enabled else None)
         self._http_thread: threading.Thread | None = None

@@ -251,13 +251,13 @@ def cancel(session: Session, command: CancelOrder, cause: Cause) -> OrderRecord:
     if closing:
         run_many(session, _SET_STEP_STATUS, [{"id": s.id, "status": final} for s in closing])
         for step in closing:
-            changed(session, ProcedureStep, step.id)
+            changed(session, ProcedureStep, step.id, before={"status": step.status})
             note(session, {"action": "updated", "entity": "procedure_steps", "id": step.id,
                            "changes": {"status": [plain(step.status), final.value]}})
     if ending:
         run_many(session, _SET_STATE, [{"id": p.id, "state": target} for p in ending])
         for proc in ending:
-            changed(session, RequestedProcedure, proc.id)
+            changed(session, RequestedProcedure, proc.id, before={"state": proc.state})
             lifecycle.record(session, proc.id, [(proc.state, target)], cause)
     if steps:
         run_many(session, _RELEASE, [{"id": s.id} for s in steps])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.changes import note
@@ -171,3 +171,37 @@ def change_patient_id(session: Session, command: ChangePatientId) -> Patient:
         session.flush()
         _relabel_studies(session, old_id, old_issuer, prior)
     return register_patient(session, command.patient)[0]
+
+
+def delete_patient(session: Session, patient: Patient) -> None:
+    """Remove a patient record registered in error: only one nothing else refers to.
+
+    Refused (Conflict, naming what holds it) while the patient has orders, visits, appointments, studies in the
+    archive, or a merge history (merged into another record, or others merged into it): those are clinical and
+    audit records the department keeps, and a merge is undone only by the HIS (HL7 v2.5.1 3.6.2 A40).
+    """
+    from app.models import Appointment   # noqa: PLC0415 (one import for this one guard)
+
+    holders = []
+    for one, many, count in (
+            ("order", "orders",
+             session.scalar(select(func.count()).select_from(Order).where(Order.patient_fk == patient.id))),
+            ("visit", "visits",
+             session.scalar(select(func.count()).select_from(Visit).where(Visit.patient_fk == patient.id))),
+            ("appointment", "appointments", session.scalar(select(func.count()).select_from(Appointment)
+                                                           .where(Appointment.patient_fk == patient.id))),
+            ("study in the archive", "studies in the archive", session.scalar(
+                select(func.count()).select_from(Study).where(
+                    Study.patient_id == patient.patient_id, (Study.issuer == patient.issuer) | (Study.issuer == "")))),
+            ("record merged into it", "records merged into it", session.scalar(
+                select(func.count()).select_from(Patient).where(Patient.merged_into_fk == patient.id)))):
+        if count:
+            holders.append(f"{count} {one if count == 1 else many}")
+    if patient.merged_into_fk is not None:
+        holders.append("a merge into another record")
+    if holders:
+        raise Conflict(f"patient {patient.patient_id} cannot be deleted: it has {', '.join(holders)}",
+                       location="patient.id")
+    note(session, {"action": "deleted", "entity": "patients", "id": patient.id, "patient_id": patient.patient_id})
+    session.delete(patient)
+    session.flush()

@@ -16,7 +16,8 @@ Create and update build the :class:`app.commands.RecordAppointment` an SIU messa
 - ``participant.actor`` Patient/<id> -> the patient (must exist here, as for ServiceRequest);
   Practitioner actors and participants typed ATND/PPRF (v3-ParticipationType) -> the resource
   (their display names, as AIP-3); a Location actor -> location (AIL-3);
-- ``basedOn`` ServiceRequest/<id> -> the order (and its patient when no patient participant).
+- ``basedOn`` ServiceRequest/<id> -> the order of that requested procedure (and its patient when no
+  patient participant); shown as the requested procedure of the booked step, else the order's first.
 
 Logical id = the database key; not versioned (no vread/If-Match): the row has no version.
 """
@@ -29,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from app.commands import AppointmentData, Cause, PatientData, RecordAppointment
 from app.errors import Conflict
-from app.models import Appointment, AppointmentStatus, Order, Patient
+from sqlalchemy import and_, case, select
+
+from app.models import Appointment, AppointmentStatus, Order, Patient, ProcedureStep, RequestedProcedure
 from app.services.appointments import find_appointment
 from app.services.dispatch import apply_command
 from interfaces.fhir.datatypes import Context, numeric_id, reference_id, site_instant, to_site_naive
@@ -37,6 +40,7 @@ from interfaces.fhir.errors import FhirError
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import patient_reference
 from interfaces.fhir.search import SearchParam, date_clause, reference_param, token
+from interfaces.fhir.service_request import first_procedure_key
 
 STATUS_IN = {"proposed": AppointmentStatus.PROPOSED, "pending": AppointmentStatus.PROPOSED,
              "waitlist": AppointmentStatus.PROPOSED, "booked": AppointmentStatus.BOOKED,
@@ -74,13 +78,30 @@ def _participants(session: Session, resource, ctx: Context) -> tuple[Patient | N
 
 
 def _order(session: Session, resource, ctx: Context) -> Order | None:
+    """The order of the requested procedure (ServiceRequest) the appointment is based on."""
     for i, based in enumerate(resource.basedOn or []):
         rid = reference_id(based.reference or "", "ServiceRequest", ctx.base_url)
-        order = session.get(Order, numeric_id(rid)) if rid and numeric_id(rid) is not None else None
-        if order is None:
+        proc = session.get(RequestedProcedure, numeric_id(rid)) if rid and numeric_id(rid) is not None else None
+        if proc is None:
             raise FhirError(422, "invalid", f"Appointment.basedOn[{i}] {based.reference!r} is not a ServiceRequest "
                             "of this server", (f"Appointment.basedOn[{i}]",))
-        return order
+        return proc.order
+    return None
+
+
+# SQL: the requested procedure (ServiceRequest) an appointment is shown based on: its booked step's, else the
+# first of its order (search, _include, _revinclude); :func:`_procedure_key` is the same for one row.
+PROCEDURE_KEY = case((Appointment.step_fk.is_not(None),
+                      select(ProcedureStep.procedure_fk).where(ProcedureStep.id == Appointment.step_fk)
+                      .correlate_except(ProcedureStep).scalar_subquery()),
+                     else_=first_procedure_key(Appointment.order_fk))
+
+
+def _procedure_key(appt: Appointment) -> int | None:
+    if appt.step is not None:
+        return appt.step.procedure_fk
+    if appt.order is not None and appt.order.procedures:
+        return appt.order.procedures[0].id
     return None
 
 
@@ -117,13 +138,16 @@ class AppointmentKind(Kind):
         return [
             reference_param("patient", "Patient", Appointment.patient_fk, "The patient (Patient/<id>)",
                             "http://hl7.org/fhir/SearchParameter/Appointment-patient"),
-            reference_param("based-on", "ServiceRequest", Appointment.order_fk, "The order (ServiceRequest/<id>)",
-                            "http://hl7.org/fhir/SearchParameter/Appointment-based-on"),
+            reference_param("based-on", "ServiceRequest", PROCEDURE_KEY, "The requested procedure "
+                            "(ServiceRequest/<id>)", "http://hl7.org/fhir/SearchParameter/Appointment-based-on",
+                            keys=lambda ids: and_(Appointment.order_fk.in_(
+                                select(RequestedProcedure.order_fk).where(RequestedProcedure.id.in_(ids))),
+                                PROCEDURE_KEY.in_(ids))),
             SearchParam("status", "token", "proposed (also pending, waitlist), booked, cancelled, noshow", status,
                         definition="http://hl7.org/fhir/SearchParameter/Appointment-status"),
             SearchParam("date", "date", "Start of the appointment (site time unless an offset is given)",
                         lambda v, _m, ctx: date_clause(Appointment.start, v, utc=False, site_tz=ctx.site_tz),
-                        definition="http://hl7.org/fhir/SearchParameter/Appointment-date"),
+                        definition="http://hl7.org/fhir/SearchParameter/Appointment-date", sort=Appointment.start),
             SearchParam("identifier", "token", "The placer's appointment id (or the filler's, RIS-APT-<id>)",
                         lambda v, _m, _c: (Appointment.placer_appointment_id == token(v)[1]) |
                         (Appointment.filler_appointment_id == token(v)[1]),
@@ -140,8 +164,9 @@ class AppointmentKind(Kind):
             idents.append({"use": "secondary", "value": appt.filler_appointment_id})
         if idents:
             resource["identifier"] = idents
-        if appt.order_fk is not None:
-            resource["basedOn"] = [{"reference": f"ServiceRequest/{appt.order_fk}"}]
+        procedure = _procedure_key(appt)
+        if procedure is not None:
+            resource["basedOn"] = [{"reference": f"ServiceRequest/{procedure}"}]
         if appt.start is not None:
             resource["start"] = site_instant(appt.start, ctx.site_tz)
             if appt.duration_minutes is not None:

@@ -5,10 +5,12 @@ Every entry is one interaction with the rules of the same request sent alone (in
 - POST ``[type]`` create, with ``request.ifNoneExist`` (conditional create, 3.1.0.8.1);
 - PUT ``[type]/[id]`` update, with ``request.ifMatch`` (412 when stale, 3.1.0.4.1); PUT ``[type]?[search]``
   conditional update (3.1.0.4.3: no match creates, one match updates it, several are 412);
+- DELETE ``[type]/[id]`` and conditional DELETE ``[type]?[search]`` (3.1.0.7, 3.1.0.7.1);
+- PATCH ``[type]/[id]`` with a Binary (contentType application/json-patch+json) holding a JSON Patch;
 - GET ``[type]/[id]`` read and GET ``[type]?[search]`` search.
 
-DELETE, PATCH, HEAD and operations (``$name``) are not offered: a transaction naming one is refused
-whole before anything is applied, with one issue per such entry (expression ``Bundle.entry[n]``).
+What is not offered (HEAD, operations ``$name``, an interaction the type does not have): a transaction naming
+one is refused whole before anything is applied, with one issue per such entry (expression ``Bundle.entry[n]``).
 
 Transaction (3.1.0.11.2): all entries in the caller's one unit of work - all or nothing. Writes are
 processed before reads (the order DELETE, POST, PUT, GET of 3.1.0.11.2); among writes an entry runs
@@ -29,18 +31,22 @@ resolved (a batch's entries must not depend on each other). The answer is a ``ba
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from interfaces.fhir import search as fhir_search
 from interfaces.fhir.errors import FhirError, OutcomeError, issue, operation_outcome, translate
-from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind, load, parse_resource,
-                                          update_resource)
-from interfaces.fhir.registry import KINDS
+from interfaces.fhir.interactions import (conditional_delete, conditional_update, create_resource, delete_resource,
+                                          find_kind, load, parse_resource, patch_resource, update_resource)
+from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE
+from interfaces.fhir.registry import KINDS, SYSTEM_INTERACTIONS
 
-REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 412: "Precondition Failed", 422: "Unprocessable Entity", 500: "Internal Server Error",
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 412: "Precondition Failed",
+           415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error",
            503: "Service Unavailable"}
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _CONDITIONAL_REF = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
@@ -77,7 +83,7 @@ def read_bundle(data: dict) -> tuple[str, list[Entry]]:
         raise FhirError(400, "invalid", f"POST to the base URL takes a Bundle (batch or transaction), not "
                         f"{data.get('resourceType')!r}", ("Bundle.resourceType",))
     kind = data.get("type")
-    if kind not in ("transaction", "batch"):
+    if kind not in SYSTEM_INTERACTIONS:
         raise FhirError(400, "invalid", f"Bundle.type {kind!r}: only transaction and batch Bundles are processed here",
                         ("Bundle.type",))
     raw_entries = data.get("entry") or []
@@ -130,14 +136,22 @@ def _interaction(entry: Entry) -> str:
         interaction = "read"
     elif entry.method == "GET" and segments == 1:
         interaction = "search-type"
+    elif entry.method == "PATCH" and segments == 2:
+        interaction = "patch"
+    elif entry.method == "DELETE" and segments in (1, 2) and (segments == 2 or entry.query):
+        interaction = "delete"
     elif entry.method in ("DELETE", "PATCH"):
         find_kind(entry.type_name, entry.method.lower())   # 404 unknown type, 405 not offered
-        raise FhirError(405, "not-supported", f"{entry.method} is not supported in a Bundle")
+        raise FhirError(405, "not-supported", f"{entry.method} {entry.url!r} is not supported in a Bundle")
     else:
         raise FhirError(400, "not-supported", f"{entry.method} {entry.url!r} is not an interaction of a Bundle entry")
     find_kind(entry.type_name, interaction)
-    if entry.method in ("POST", "PUT") and entry.data is None:
+    if entry.method in ("POST", "PUT", "PATCH") and entry.data is None:
         raise FhirError(400, "required", f"{entry.method} {entry.url} needs a resource")
+    if interaction == "patch" and (entry.data.get("resourceType") != "Binary"
+                                   or entry.data.get("contentType") != PATCH_MEDIA_TYPE):
+        raise FhirError(415, "not-supported", f"PATCH {entry.url} takes a Binary with contentType {PATCH_MEDIA_TYPE} "
+                        "holding the JSON Patch (FHIRPath Patch Parameters are not supported)")
     return interaction
 
 
@@ -193,9 +207,24 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
     if interaction == "search-type":
         parsed = fhir_search.parse(kind.search_params, parse_qsl(entry.query, keep_blank_values=True), ctx,
                                    strict=False)
-        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset)
+        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         found = fhir_search.searchset(f"{base}/{kind.name}", parsed, total, [kind.render(r, ctx) for r in rows], base)
         return {"resource": found, "response": {"status": status_line(200)}}
+    if interaction == "delete":
+        if_match = str(entry.request.get("ifMatch") or "").strip()
+        if entry.rid:
+            delete_resource(session, ctx, kind, entry.rid, if_match)
+        else:
+            conditional_delete(session, ctx, kind, entry.query, if_match)
+        return {"response": {"status": status_line(204)}}
+    if interaction == "patch":
+        try:
+            operations = json.loads(base64.b64decode(entry.data.get("data") or "", validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise FhirError(400, "structure", f"PATCH {entry.url}: Binary.data is not base64 JSON") from None
+        status, obj, rendered = patch_resource(session, ctx, kind, entry.rid, operations,
+                                               str(entry.request.get("ifMatch") or "").strip())
+        return _answer(kind, obj, rendered, status, base, prefer)
     _conditional_references(session, ctx, entry, resolved)
     data = _rewrite(entry.data, resolved)
     if interaction == "create":
@@ -216,9 +245,9 @@ def run_entry(session, ctx, entry: Entry, resolved: dict[str, str], base: str, p
 def _answer(kind, obj, rendered: dict, status: int, base: str, prefer: str) -> dict:
     response = {"status": status_line(status), "lastModified": rendered["meta"]["lastUpdated"]}
     if kind.versioned:
-        response["etag"] = f'W/"{obj.version}"'
+        response["etag"] = f'W/"{kind.version(obj)}"'
     if status == 201:
-        response["location"] = f"{kind.name}/{obj.id}" + (f"/_history/{obj.version}" if kind.versioned else "")
+        response["location"] = f"{kind.name}/{obj.id}" + (f"/_history/{kind.version(obj)}" if kind.versioned else "")
     answer = {"fullUrl": f"{base}/{kind.name}/{obj.id}", "response": response}
     if prefer != "minimal":
         answer["resource"] = rendered
@@ -285,8 +314,10 @@ def transaction(session, make_context, entries: list[Entry], base: str, prefer: 
             if status >= 500:
                 raise
             raise OutcomeError(status, outcome) from exc
-    return {"resourceType": "Bundle", "type": "transaction-response",
-            "entry": [answers[e.index] for e in entries]}
+    answer = {"resourceType": "Bundle", "type": "transaction-response"}
+    if entries:
+        answer["entry"] = [answers[e.index] for e in entries]
+    return answer
 
 
 def batch(unit_of_work, make_context, entries: list[Entry], base: str, prefer: str) -> dict:
@@ -301,4 +332,4 @@ def batch(unit_of_work, make_context, entries: list[Entry], base: str, prefer: s
         except Exception as exc:  # noqa: BLE001 - an entry's failure is its answer (http.html 3.1.0.11.1)
             status, outcome = _failed(entry, exc, ctx.locations if ctx is not None else {})
             answers.append({"response": {"status": status_line(status), "outcome": outcome}})
-    return {"resourceType": "Bundle", "type": "batch-response", "entry": answers}
+    return {"resourceType": "Bundle", "type": "batch-response", **({"entry": answers} if answers else {})}

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from app.errors import InvalidInput
 from interfaces import inputs
 from interfaces.fhir.errors import FhirError
 
@@ -33,6 +34,7 @@ class Context:
     uid_root: str
     base_url: str = ""
     accession_prefix: str = "RIS"
+    profile_name: str = "default"                 # the mapping profile (named in errors)
     tables: dict = field(default_factory=dict)   # the mapping profile's code tables
     session: object = None                        # the unit of work of the request (lookups while rendering)
     locations: dict[str, str] = field(default_factory=dict)
@@ -42,44 +44,100 @@ class Context:
 
 
 # Names ---------------------------------------------------------------------------------------
+# A DICOM PN (PS3.5 6.2) has up to three component groups, alphabetic=ideographic=phonetic
+# (6.2.1.2), each of five components family^given^middle^prefix^suffix; the core keeps every person
+# name in this form (HL7 XPN/XCN are mapped onto it by mappings.transforms.person_name). A FHIR R4
+# HumanName (datatypes.html#HumanName) has family, given (the first given name, then middle names),
+# prefix and suffix; the ideographic and phonetic groups are HumanNames of their own marked with the
+# extension iso21090-EN-representation (IDE, SYL), as R4 extensibility defines for ISO 21090 EN.
+# :func:`human_names` and :func:`person_name` are the one translation, used for every person.
+REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
+_GROUPS = ("ABC", "IDE", "SYL")
+_PN_DELIMITERS = ("^", "=", "\\")
+
+
+def _representation(name) -> str:
+    """'IDE' or 'SYL' for a HumanName marked with iso21090-EN-representation, else '' (alphabetic)."""
+    for ext in (name.extension or []) if name is not None else []:
+        if ext.url == REPRESENTATION and ext.valueCode in ("IDE", "SYL"):
+            return ext.valueCode
+    return ""
+
+
 def chosen_name(names: list) -> tuple[int, object] | None:
-    """The name the RIS keeps: use=official, else the first without use old/nickname/maiden, else the first."""
-    if not names:
+    """The name the RIS keeps: use=official, else the first without use old/nickname/maiden, else the first
+    (names marked ideographic or phonetic are the other component groups of the chosen one, not candidates)."""
+    candidates = [(i, n) for i, n in enumerate(names or []) if not _representation(n)]
+    if not candidates:
         return None
-    for i, name in enumerate(names):
+    for i, name in candidates:
         if name.use == "official":
             return i, name
-    for i, name in enumerate(names):
+    for i, name in candidates:
         if name.use not in ("old", "nickname", "maiden", "anonymous"):
             return i, name
-    return 0, names[0]
+    return candidates[0]
 
 
-def human_name_to_pn(name) -> str:
-    """HumanName -> DICOM PN family^given^middle^prefix^suffix (PS3.5 6.2.1); only text: all as family."""
+def _group(name, where: str) -> str:  # ``where``: the domain location of the name (errors)
+    """One HumanName as one PN component group family^given^middle^prefix^suffix; a name given only as
+    text is kept whole as the family name (corpus r4_patient_ch_cjk_text_name.json)."""
     given = list(name.given or [])
     parts = [name.family or "", given[0] if given else "", " ".join(given[1:]),
              " ".join(name.prefix or []), " ".join(name.suffix or [])]
     if not any(parts) and name.text:
         parts = [name.text.strip()]
+    for part in parts:
+        bad = next((d for d in _PN_DELIMITERS if d in part), None)
+        if bad is not None:
+            raise InvalidInput(f"the name part {part!r} contains {bad!r}, which separates the parts of a DICOM person "
+                               "name (PS3.5 6.2); it cannot be part of a name", location=where)
     return "^".join(parts).rstrip("^")
 
 
-def pn_to_human_name(pn: str) -> dict | None:
-    if not pn:
-        return None
-    family, given, middle, prefix, suffix = (pn.split("^") + [""] * 5)[:5]
-    name: dict = {"use": "official", "text": " ".join(p for p in (prefix, given, middle, family, suffix) if p)}
-    if family:
-        name["family"] = family
-    givens = [g for g in [given, *middle.split()] if g]
-    if givens:
-        name["given"] = givens
-    if prefix:
-        name["prefix"] = prefix.split()
-    if suffix:
-        name["suffix"] = suffix.split()
-    return name
+def person_name(names: list, where: str = "name", chosen=None) -> str:
+    """HumanNames -> one DICOM PN: the chosen name (:func:`chosen_name`, or ``chosen``) as the alphabetic
+    group, the names marked IDE / SYL as the ideographic and phonetic groups. ``where`` names the element
+    in errors. No name: ''."""
+    picked = chosen if chosen is not None else (chosen_name(names) or (None, None))[1]
+    groups = {"ABC": _group(picked, where) if picked is not None else ""}
+    for name in names or []:
+        kind = _representation(name)
+        if kind and kind not in groups:
+            groups[kind] = _group(name, where)
+    values = [groups.get(g, "") for g in _GROUPS]
+    return "=".join(values).rstrip("=")
+
+
+def human_names(pn: str) -> list[dict]:
+    """A DICOM PN -> FHIR HumanNames, the inverse of :func:`person_name`: the alphabetic group with use
+    official and its text (prefix given middle family suffix); ideographic and phonetic groups marked IDE,
+    SYL. Middle names are the given names after the first. No name: []."""
+    names = []
+    for kind, group in zip(_GROUPS, (pn or "").split("=")[:3]):
+        if not group.strip("^"):
+            continue
+        family, given, middle, prefix, suffix = (group.split("^") + [""] * 5)[:5]
+        name: dict = {"use": "official", "text": " ".join(p for p in (prefix, given, middle, family, suffix) if p)}
+        if kind != "ABC":
+            name = {"extension": [{"url": REPRESENTATION, "valueCode": kind}], **name}
+        if family:
+            name["family"] = family
+        givens = [g for g in [given, *middle.split()] if g]
+        if givens:
+            name["given"] = givens
+        if prefix:
+            name["prefix"] = prefix.split()
+        if suffix:
+            name["suffix"] = suffix.split()
+        names.append(name)
+    return names
+
+
+def name_text(pn: str) -> str:
+    """The display form of a PN (as HumanName.text of its first group): 'Anna M Tester' for TESTER^ANNA^M."""
+    names = human_names(pn)
+    return names[0]["text"] if names else ""
 
 
 # Times ---------------------------------------------------------------------------------------

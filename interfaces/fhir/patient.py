@@ -3,8 +3,9 @@
 The RIS keys a patient by identifier (DICOM Patient ID + Issuer of Patient ID), as ADT does: the
 identifier kept is the one typed MR (v2-0203), else use=official/usual, else the first with a
 value; its ``system`` is the issuer. The name kept is the official one (else the first that is not
-old/nickname/maiden), as DICOM PN family^given^middle^prefix^suffix; a name given only as text is
-kept whole as the family name. Gender: male M, female F, other O, unknown empty (PS3.3 C.7.1.1).
+old/nickname/maiden), as DICOM PN family^given^middle^prefix^suffix, with names marked ideographic or
+phonetic (iso21090-EN-representation) as its other component groups (interfaces.fhir.datatypes.person_name,
+the one translation of person names); a name given only as text is kept whole as the family name. Gender: male M, female F, other O, unknown empty (PS3.3 C.7.1.1).
 Links of type 'seealso'/'refer' are not merges (only ADT A40 or $merge merge); they are not kept.
 
 Logical id = the database key. Create never merges into an existing patient: a second POST with
@@ -14,16 +15,19 @@ different identifier renames the patient as ADT A47 does (refused if another pat
 
 from __future__ import annotations
 
-from sqlalchemy import func
+import functools
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.commands import ChangePatientId, PatientData, PatientRef
 from app.errors import Conflict, InvalidInput, UnknownCode
 from app.models import Patient
-from app.services.patients import change_patient_id, find_patient, register_patient, survivor_of
-from interfaces.fhir.datatypes import (GENDER_TO_SEX, SEX_TO_GENDER, V2_0203, Context, chosen_name, human_name_to_pn,
-                                       identifier_type, pn_to_human_name)
-from interfaces.fhir.kinds import Kind
+from app.services.patients import change_patient_id, delete_patient, find_patient, register_patient, survivor_of
+from interfaces.fhir.datatypes import (GENDER_TO_SEX, SEX_TO_GENDER, V2_0203, Context, chosen_name, human_names,
+                                       identifier_type, name_text, person_name)
+from interfaces.fhir.kinds import Kind, Operation
+from interfaces.fhir.merge import DEFINITION as MERGE_DEFINITION, run_merge
 from interfaces.fhir.search import SearchParam, date_clause, string_clause, token
 
 
@@ -42,11 +46,9 @@ def patient_data(resource, ctx: Context) -> PatientData:
     index, ident = chosen
     ctx.origin("patient.id", f"Patient.identifier[{index}].value")
     ctx.origin("patient.issuer", f"Patient.identifier[{index}].system")
-    name = ""
     picked = chosen_name(resource.name or [])
-    if picked is not None:
-        ctx.origin("patient.name", f"Patient.name[{picked[0]}]")
-        name = human_name_to_pn(picked[1])
+    ctx.origin("patient.name", f"Patient.name[{picked[0]}]" if picked is not None else "Patient.name")
+    name = person_name(resource.name or [], "patient.name")
     gender = resource.gender or ""
     ctx.origin("patient.sex", "Patient.gender")
     if gender and gender not in GENDER_TO_SEX:
@@ -64,17 +66,29 @@ def patient_data(resource, ctx: Context) -> PatientData:
 def patient_reference(patient: Patient) -> dict:
     ref = {"reference": f"Patient/{patient.id}"}
     if patient.name:
-        ref["display"] = patient.name.replace("^", " ").strip()
+        ref["display"] = name_text(patient.name)
     return ref
 
 
 class PatientKind(Kind):
     name = "Patient"
     model = Patient
-    interactions = ("read", "vread", "update", "create", "search-type", "history-instance")
+    interactions = ("read", "vread", "update", "patch", "delete", "create", "search-type", "history-instance")
     versioned = True
     documentation = ("Patients keyed by identifier (DICOM Patient ID / Issuer); shared with HL7 ADT. Create with "
-                     "an identifier that exists is refused (409); update with another identifier renames (as A47).")
+                     "an identifier that exists is refused (409); update with another identifier renames (as A47). "
+                     "Delete removes a record registered in error; refused (409) while it has orders, visits, "
+                     "appointments, archived studies or a merge history. $merge merges as ADT A40 does.")
+
+    def own_operations(self) -> list[Operation]:
+        return [Operation("merge", MERGE_DEFINITION, "Merge the source patient into the target (the ADT A40 merge "
+                          "and its guards): source-patient(-identifier), target-patient(-identifier), result-patient, "
+                          "preview", functools.partial(run_merge, render=self.render))]
+
+    def delete(self, session: Session, patient: Patient, ctx: Context) -> None:
+        """A patient record registered in error (app.services.patients.delete_patient has the guards)."""
+        ctx.origin("patient.id", "Patient")
+        delete_patient(session, patient)
 
     def own_params(self) -> list[SearchParam]:
         def identifier(value, _m, _ctx):
@@ -88,15 +102,15 @@ class PatientKind(Kind):
         return [
             SearchParam("identifier", "token", "A patient identifier (system = issuer, code = Patient ID)", identifier,
                         definition="http://hl7.org/fhir/SearchParameter/Patient-identifier"),
-            SearchParam("name", "string", "Any part of the name (starts with; :exact, :contains)",
-                        lambda v, m, _c: string_clause(Patient.name, v, m), ("exact", "contains"),
-                        "http://hl7.org/fhir/SearchParameter/Patient-name"),
+            SearchParam("name", "string", "Any part of the name (starts with; :exact, :contains); sorts by the "
+                        "family name", lambda v, m, _c: string_clause(Patient.name, v, m), ("exact", "contains"),
+                        "http://hl7.org/fhir/SearchParameter/Patient-name", sort=Patient.name),
             SearchParam("family", "string", "The family name (starts with; :exact)",
                         lambda v, m, _c: _family(v, m), ("exact",),
-                        "http://hl7.org/fhir/SearchParameter/individual-family"),
+                        "http://hl7.org/fhir/SearchParameter/individual-family", sort=Patient.name),
             SearchParam("birthdate", "date", "Date of birth (prefixes eq, ne, gt, lt, ge, le)",
                         lambda v, _m, _c: date_clause(Patient.birth_date, v, utc=True),
-                        definition="http://hl7.org/fhir/SearchParameter/individual-birthdate"),
+                        definition="http://hl7.org/fhir/SearchParameter/individual-birthdate", sort=Patient.birth_date),
             SearchParam("gender", "token", "male, female, other, unknown", gender,
                         definition="http://hl7.org/fhir/SearchParameter/individual-gender"),
         ]
@@ -107,15 +121,21 @@ class PatientKind(Kind):
             ident["system"] = patient.issuer
         resource = {"resourceType": "Patient", "id": str(patient.id), "meta": self.meta(patient),
                     "identifier": [ident], "active": patient.merged_into_fk is None}
-        name = pn_to_human_name(patient.name)
-        if name:
-            resource["name"] = [name]
+        names = human_names(patient.name)
+        if names:
+            resource["name"] = names
         if patient.sex:
             resource["gender"] = SEX_TO_GENDER.get(patient.sex, "unknown")
         if patient.birth_date:
             resource["birthDate"] = patient.birth_date.isoformat()
+        links = []
         if patient.merged_into_fk is not None:
-            resource["link"] = [{"other": {"reference": f"Patient/{patient.merged_into_fk}"}, "type": "replaced-by"}]
+            links.append({"other": {"reference": f"Patient/{patient.merged_into_fk}"}, "type": "replaced-by"})
+        if ctx.session is not None:   # the records merged into this one (ADT A40, $merge)
+            links += [{"other": {"reference": f"Patient/{key}"}, "type": "replaces"} for key in ctx.session.scalars(
+                select(Patient.id).where(Patient.merged_into_fk == patient.id).order_by(Patient.id))]
+        if links:
+            resource["link"] = links
         return resource
 
     def create(self, session: Session, resource, ctx: Context) -> Patient:

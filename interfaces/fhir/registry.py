@@ -7,14 +7,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from interfaces.fhir.appointment import AppointmentKind
+from interfaces.fhir.diagnostic_report import DiagnosticReportKind
 from interfaces.fhir.imaging_study import ImagingStudyKind
 from interfaces.fhir.kinds import Kind
 from interfaces.fhir.patient import PatientKind
 from interfaces.fhir.service_request import ServiceRequestKind
+from interfaces.fhir.subscription import SubscriptionKind
 from interfaces.fhir.task import TaskKind
 
+# System interactions (http.html 3.1.0.11): POST of a Bundle of these types to the base URL.
+SYSTEM_INTERACTIONS = ("transaction", "batch")
+
 KINDS: dict[str, Kind] = {k.name: k for k in (PatientKind(), ServiceRequestKind(), TaskKind(), ImagingStudyKind(),
-                                               AppointmentKind())}
+                                               AppointmentKind(), DiagnosticReportKind(), SubscriptionKind())}
 
 
 def includes(kind: Kind) -> list[str]:
@@ -53,8 +58,9 @@ def included(session: Session, kind: Kind, rows: list, wanted_includes: list[str
     for spec in wanted_revincludes:
         source_name, param_name = spec.split(":", 1)
         source = KINDS[source_name]
-        column = source.search_params[param_name].column
-        found += [(source, r) for r in session.scalars(source.query().where(column.in_(ids))).unique()]
+        param = source.search_params[param_name]
+        clause = param.keys(ids) if param.keys is not None else param.column.in_(ids)
+        found += [(source, r) for r in session.scalars(source.query().where(clause)).unique()]
     unique = []
     for other, row in found:
         if (other.name, row.id) not in seen:

@@ -29,11 +29,12 @@ from interfaces.fhir import search as fhir_search
 from interfaces.fhir.capability import capability_statement
 from interfaces.fhir.datatypes import Context, numeric_id
 from interfaces.fhir.errors import FhirError, issue, operation_outcome, translate
-from interfaces.fhir.interactions import (conditional_update, create_resource, find_kind as _kind, kept as _kept,
-                                          load as _load, parse_resource, read_json, update_resource,
-                                          version_headers as _version_headers)
+from interfaces.fhir.interactions import (DELETED, conditional_delete, conditional_update, create_resource,
+                                          delete_resource, find_kind as _kind, find_operation, kept as _kept,
+                                          load as _load, parse_resource, patch_resource, read_json, tombstone,
+                                          update_resource, version_headers as _version_headers)
+from interfaces.fhir.patch import MEDIA_TYPE as PATCH_MEDIA_TYPE, read_patch
 from interfaces.fhir.registry import included, includes, revincludes
-from mappings.profile import ProfileSet
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -55,13 +56,15 @@ def _base() -> str:
 
 
 def _context(session) -> Context:
+    """What a translation needs, with the engine's one mapping profile set (passed in by the composition
+    root, interfaces.runtime.build_wsgi_app, as the HL7 intake's): a file that no longer loads is refused
+    there and the last good version of its profile stays active, so one bad file never fails FHIR."""
     settings = current_app.config["RIS_SETTINGS"]
-    profiles = current_app.extensions.get("ris.fhir.profiles")
-    if profiles is None:
-        profiles = current_app.extensions["ris.fhir.profiles"] = ProfileSet(settings.mappings_path)
+    profiles = current_app.extensions["ris.services"]["mapping_profiles"]
     profile = profiles.get(settings.mapping_profile)
     ctx = Context(site_tz=ZoneInfo(settings.site_timezone), uid_root=settings.uid_root, base_url=_base(),
-                  accession_prefix=profile.accession_prefix, tables=profile.tables, session=session)
+                  accession_prefix=profile.accession_prefix, tables=profile.tables, session=session,
+                  profile_name=profile.name)
     g.fhir_locations = ctx.locations
     return ctx
 
@@ -97,35 +100,35 @@ def _prefer(name: str) -> str:
     return ""
 
 
-# Raw input first (interfaces.fhir.inbound) ----------------------------------------------------
+# Raw input kept (interfaces.fhir.inbound) -----------------------------------------------------
 @fhir.before_request
-def _store_write() -> None:
-    """Store every write request durably before it is applied (searches by POST are reads)."""
-    g.fhir_message = None
+def _note_write() -> None:
+    """Note every write request as received (searches by POST are reads); it is stored with its change."""
+    g.fhir_write = None
     if request.method not in inbound.WRITE_METHODS or request.path.endswith("/_search"):
         return
-    parts = [p for p in request.path.split("/")[2:] if p]
-    g.fhir_message = inbound.store(current_app.extensions["ris.sessions"], method=request.method, path=request.path,
-                                   query=request.query_string.decode("latin-1"), body=request.get_data(),
-                                   peer=request.remote_addr or "", request_id=request.headers.get("X-Request-Id", ""),
-                                   parts=parts)
+    g.fhir_write = inbound.Write(method=request.method, path=request.path,
+                                 query=request.query_string.decode("latin-1"), body=request.get_data(),
+                                 peer=request.remote_addr or "", request_id=request.headers.get("X-Request-Id", ""),
+                                 parts=tuple(p for p in request.path.split("/")[2:] if p))
 
 
 @fhir.after_request
 def _record_answer(response: Response) -> Response:
-    """A write that failed (or was answered outside a unit of work): record its answer on the message."""
-    msg_id = getattr(g, "fhir_message", None)
-    if msg_id is not None and not getattr(g, "fhir_answered", False):
+    """A write that was not stored with a change (refused, failed, or answered outside a unit of work): store it
+    with its answer now."""
+    write = getattr(g, "fhir_write", None)
+    if write is not None and not getattr(g, "fhir_answered", False):
         try:
-            inbound.answered(current_app.extensions["ris.sessions"], msg_id, response.status_code, response.get_data())
-        except Exception:  # noqa: BLE001 - the answer stands; the message stays RECEIVED for the recovery job
-            current_app.logger.exception("could not record the answer of FHIR message %s", msg_id)
+            inbound.answered(current_app.extensions["ris.sessions"], write, response.status_code, response.get_data())
+        except Exception:  # noqa: BLE001 - the answer stands
+            current_app.logger.exception("could not store the FHIR request %s %s", write.method, write.path)
     return response
 
 
 def _applied(session, response: Response, obj=None, reference: str = "") -> Response:
-    """Record the answer of an applied write in the unit of work of its change."""
-    inbound.applied(session, getattr(g, "fhir_message", None), response.status_code, response.get_data(),
+    """Store the request of an applied write in the unit of work of its change."""
+    inbound.applied(session, getattr(g, "fhir_write", None), response.status_code, response.get_data(),
                     reference=reference, written=obj)
     g.fhir_answered = True
     return response
@@ -138,6 +141,7 @@ def metadata():
 
 
 @fhir.route("", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@fhir.route("/", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])   # "[base]/", as clients often write it
 def system_level():
     """POST of a batch or transaction Bundle (http.html 3.1.0.11, interfaces.fhir.bundle); whole-system
     search and history are not offered."""
@@ -163,6 +167,8 @@ def type_level(type_name: str):
     if request.method == "POST":
         return _create(type_name)
     kind = _kind(type_name, "update" if request.method == "PUT" else request.method.lower())
+    if request.method == "DELETE":
+        return _conditional_delete(kind)
     if request.method != "PUT":
         raise FhirError(405, "not-supported", f"{request.method} {type_name} (conditional {request.method.lower()}) "
                         "is not supported")
@@ -179,41 +185,84 @@ def search_post(type_name: str):
 
 @fhir.route("/<type_name>/<rid>", methods=["GET", "PUT", "DELETE", "PATCH", "POST"])
 def instance_level(type_name: str, rid: str):
+    if rid == "_history":   # history-type (http.html 3.1.0.5)
+        _kind(type_name, "history-type")
     if request.method == "GET":
         return _read(type_name, rid)
     if request.method == "PUT":
         return _update(type_name, rid)
-    interaction = {"DELETE": "delete", "PATCH": "patch", "POST": "operation"}[request.method]
-    _kind(type_name, interaction)
-    raise AssertionError("unreachable")
+    if request.method == "PATCH":
+        return _patch(type_name, rid)
+    if request.method == "DELETE":
+        return _delete(type_name, rid)
+    if rid.startswith("$"):   # POST [type]/$operation
+        return _operation(type_name, rid[1:], None)
+    raise FhirError(405, "not-supported", f"POST {request.path}: POST creates at {_base()}/{type_name} (no id) or "
+                    f"runs an operation ({type_name}/$name); see /fhir/metadata")
+
+
+@fhir.route("/<type_name>/<rid>/<name>", methods=["POST"])
+def instance_operation(type_name: str, rid: str, name: str):
+    """``POST [type]/[id]/$operation`` (operations.html)."""
+    if not name.startswith("$"):
+        raise FhirError(404, "not-found", f"no FHIR endpoint at {request.path} (POST); see /fhir/metadata")
+    return _operation(type_name, name[1:], rid)
 
 
 @fhir.get("/<type_name>/<rid>/_history")
 def history(type_name: str, rid: str):
+    """history-instance (http.html 3.1.0.5): a Bundle of type history, newest first; every entry has the
+    request that made the version and its response (R4 Bundle invariants bdl-3, bdl-4): version 1 a create
+    (POST [type], 201), later ones an update (PUT [type]/[id], 200), each with its ETag and time."""
     kind = _kind(type_name, "history-instance")
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
-        obj = _load(kind, session, rid)
-        current = kind.render(obj, ctx)
-        kept = [v.content for v in _kept(session, kind, obj.id) if v.version != obj.version]
-    entries = [{"fullUrl": f"{_base()}/{type_name}/{rid}", "resource": r} for r in [current, *kept]]
+        number = numeric_id(rid)
+        if number is not None and tombstone(session, kind, number) is not None:   # deleted: what was kept
+            versions = [v.content for v in _kept(session, kind, number)]
+        else:
+            obj = _load(kind, session, rid)
+            versions = [kind.render(obj, ctx)] + [v.content for v in _kept(session, kind, obj.id)
+                                                  if v.version != kind.version(obj)]
+    entries = []
+    for resource in versions:
+        version = resource["meta"]["versionId"]
+        created, deleted = version == "1", bool(resource.get(DELETED))
+        method = "DELETE" if deleted else "POST" if created else "PUT"
+        entry = {"fullUrl": f"{_base()}/{type_name}/{rid}",
+                 "request": {"method": method, "url": type_name if method == "POST" else f"{type_name}/{rid}"},
+                 "response": {"status": "204 No Content" if deleted else "201 Created" if created else "200 OK",
+                              "etag": f'W/"{version}"', "lastModified": resource["meta"]["lastUpdated"]}}
+        if not deleted:
+            entry["resource"] = resource
+        entries.append(entry)
     return _respond({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
 
 @fhir.get("/<type_name>/<rid>/_history/<vid>")
 def vread(type_name: str, rid: str, vid: str):
+    """vread (http.html 3.1.0.3); the versions of a deleted resource stay readable, its deletion is 410."""
     kind = _kind(type_name, "vread")
     with unit_of_work(current_app.extensions["ris.read_sessions"]) as session:
         ctx = _context(session)
+        number = numeric_id(rid)
+        if number is not None and tombstone(session, kind, number) is not None:
+            kept = next((v.content for v in _kept(session, kind, number) if str(v.version) == vid), None)
+            if kept is None:
+                raise FhirError(404, "not-found", f"version {vid} of {type_name}/{rid} is not available")
+            if kept.get(DELETED):
+                raise FhirError(410, "deleted", f"version {vid} of {type_name}/{rid} is its deletion (at "
+                                f"{kept['meta']['lastUpdated']})")
+            return _respond(kept, headers={"ETag": f'W/"{vid}"', "Last-Modified": kept["meta"]["lastUpdated"]})
         obj = _load(kind, session, rid)
-        if vid == str(obj.version):
+        if vid == str(kind.version(obj)):
             resource = kind.render(obj, ctx)
         else:
             kept = next((v.content for v in _kept(session, kind, obj.id) if str(v.version) == vid), None)
             if kept is None:
-                known = numeric_id(vid) is not None and 0 < numeric_id(vid) < obj.version
+                known = numeric_id(vid) is not None and 0 < numeric_id(vid) < kind.version(obj)
                 why = ("it was not kept (changed by HL7 v2 and replaced before any FHIR write)" if known
-                       else f"the current version is {obj.version}")
+                       else f"the current version is {kind.version(obj)}")
                 raise FhirError(404, "not-found", f"version {vid} of {type_name}/{rid} is not available: {why}")
             resource = kept
     return _respond(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"',
@@ -235,7 +284,7 @@ def _search(type_name: str, args: list[tuple[str, str]]):
         ctx = _context(session)
         parsed = fhir_search.parse(kind.search_params, args, ctx, strict=strict, includes=includes(kind),
                                    revincludes=revincludes(kind))
-        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset)
+        total, rows = kind.search(session, parsed.clauses, parsed.count, parsed.offset, parsed.sort)
         resources = [kind.render(row, ctx) for row in rows]
         extra = [other.render(row, ctx) for other, row in
                  included(session, kind, rows, parsed.includes, parsed.revincludes)]
@@ -245,7 +294,7 @@ def _search(type_name: str, args: list[tuple[str, str]]):
 def _written(kind, obj, resource: dict, status: int):
     headers = _version_headers(kind, obj, resource)
     if status == 201:
-        suffix = f"/_history/{obj.version}" if kind.versioned else ""
+        suffix = f"/_history/{kind.version(obj)}" if kind.versioned else ""
         headers["Location"] = f"{_base()}/{kind.name}/{obj.id}{suffix}"
     wanted = _prefer("return")
     if wanted == "minimal":
@@ -274,6 +323,53 @@ def _update(type_name: str, rid: str):
         return _applied(session, _written(kind, obj, rendered, status), obj, f"{type_name}/{obj.id}")
 
 
+def _patch(type_name: str, rid: str):
+    """``PATCH [type]/[id]`` with a JSON Patch (http.html 3.1.0.6, interfaces.fhir.patch)."""
+    kind = _kind(type_name, "patch")
+    if (request.mimetype or "") != PATCH_MEDIA_TYPE:
+        raise FhirError(415, "not-supported", f"PATCH takes a JSON Patch (Content-Type {PATCH_MEDIA_TYPE}), not "
+                        f"{request.mimetype or '(none)'!r}; FHIRPath Patch and XML Patch are not supported")
+    operations = read_patch(request.get_data())
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status, obj, rendered = patch_resource(session, _context(session), kind, rid, operations,
+                                               request.headers.get("If-Match", "").strip())
+        return _applied(session, _written(kind, obj, rendered, status), obj, f"{type_name}/{obj.id}")
+
+
+def _delete(type_name: str, rid: str):
+    """``DELETE [type]/[id]`` (http.html 3.1.0.7): 204, whether it existed or not."""
+    kind = _kind(type_name, "delete")
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status = delete_resource(session, _context(session), kind, rid, request.headers.get("If-Match", "").strip())
+        return _applied(session, _respond(None, status), None, f"{type_name}/{rid}")
+
+
+def _conditional_delete(kind):
+    """``DELETE [type]?[search]`` (http.html 3.1.0.7.1): no match or one match deleted (204); several 412."""
+    condition = request.query_string.decode("utf-8")
+    if not condition:
+        raise FhirError(400, "required", f"DELETE {kind.name} needs search criteria (conditional delete) or an id "
+                        f"(DELETE {kind.name}/[id])")
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        status, rid = conditional_delete(session, _context(session), kind, condition,
+                                         request.headers.get("If-Match", "").strip())
+        return _applied(session, _respond(None, status), None, f"{kind.name}/{rid}" if rid else "")
+
+
+def _operation(type_name: str, name: str, rid: str | None):
+    """``POST [type]/$name`` or ``[type]/[id]/$name`` with a Parameters resource (operations.html 3.1.0.10)."""
+    kind = _kind(type_name, None)
+    op = find_operation(kind, name, instance=rid is not None)
+    _check_media_type()
+    parameters = parse_resource("Parameters", read_json(request.get_data(), "a Parameters resource"))
+    with unit_of_work(current_app.extensions["ris.sessions"]) as session:
+        ctx = _context(session)
+        instance = _load(kind, session, rid) if rid is not None else None
+        status, answer, written = op.run(session, ctx, parameters, instance)
+        return _applied(session, _respond(answer, status), written,
+                        f"{type_name}/{written.id}" if written is not None else "")
+
+
 def _conditional_update(kind):
     """``PUT [type]?[search]`` (http.html 3.1.0.4.3, interfaces.fhir.interactions.conditional_update)."""
     condition = request.query_string.decode("utf-8")
@@ -291,6 +387,7 @@ def _conditional_update(kind):
 # Errors: one translation for the blueprint -----------------------------------------------------
 @fhir.errorhandler(Exception)
 def _error(exc: Exception):
+    g.fhir_answered = False   # a commit that failed took the stored request with it: store it with this answer
     if isinstance(exc, HTTPException):
         return _http_outcome(exc)
     status, outcome = translate(exc, getattr(g, "fhir_locations", None))

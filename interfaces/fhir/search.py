@@ -10,6 +10,7 @@ Supported, per search.html:
 - 3.1.1.5.10 reference: ``Type/id``, ``id``, an absolute URL under our base;
 - 3.1.1.5.8 string: starts-with, case-insensitive; ``:exact`` and ``:contains``;
 - 3.1.1.5.4 ``_include`` / ``_revinclude`` along reference parameters on a key (search.mode include);
+- 3.1.1.5.14 ``_sort`` by the parameters that declare a sort expression (``-`` descending), then by id;
 - 3.1.1.6 ``_count`` (page size, at most :data:`MAX_COUNT`) and paging links self/first/previous/next
   built with ``_offset``; ``_id`` and ``_lastUpdated`` on every resource type (3.1.1.3).
 
@@ -32,7 +33,8 @@ from interfaces.fhir.errors import FhirError, issue
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 500
-RESULT_PARAMS = ("_count", "_offset", "_format", "_pretty", "_include", "_revinclude")
+RESULT_PARAMS = ("_count", "_offset", "_format", "_pretty", "_include", "_revinclude", "_sort")
+SORT_PARAMS = ("_id", "_lastUpdated")   # every type sorts by these; each type adds its date parameters
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 
 
@@ -49,7 +51,9 @@ class SearchParam:
     modifiers: tuple[str, ...] = ()
     definition: str = ""
     target: str = ""        # reference parameters on a key column: the type referred to, for _include/_revinclude
-    column: object = None   # ... and that key column
+    column: object = None   # ... and that key column (or an SQL expression giving the key)
+    keys: Callable | None = None   # ids -> clause "refers to one of these" (_revinclude); default column IN ids
+    sort: object = None     # the SQL expression _sort orders by (None: the parameter cannot sort)
 
 
 @dataclass
@@ -61,13 +65,14 @@ class ParsedSearch:
     offset: int
     includes: list[str] = field(default_factory=list)
     revincludes: list[str] = field(default_factory=list)
+    sort: list = field(default_factory=list)   # (SQL expression, descending)
 
 
 def parse(params: dict[str, SearchParam], args: list[tuple[str, str]], ctx, *, strict: bool,
           includes=(), revincludes=()) -> ParsedSearch:
     """The query string of a search against ``params``: SQL clauses, the parameters used, the ones ignored.
     ``includes``/``revincludes``: the _include/_revinclude values offered (search.html 3.1.1.5.4)."""
-    clauses, used, ignored = [], [], []
+    clauses, used, ignored, sort = [], [], [], []
     count, offset = DEFAULT_COUNT, 0
     wanted: dict[str, list[str]] = {"_include": [], "_revinclude": []}
     for key, value in args:
@@ -82,6 +87,15 @@ def parse(params: dict[str, SearchParam], args: list[tuple[str, str]], ctx, *, s
             if strict:
                 raise FhirError(400, "not-supported", problem + "; sent with Prefer: handling=strict", (name,))
             ignored.append(problem)
+            continue
+        if name == "_sort":
+            problems = _sort(params, value, sort)
+            for problem in problems:
+                if strict:
+                    raise FhirError(400, "not-supported", problem + "; sent with Prefer: handling=strict", ("_sort",))
+                ignored.append(problem)
+            if len(problems) < len([v for v in value.split(",") if v.strip()]):
+                used.append((key, value))
             continue
         if name == "_count":
             count = _whole(key, value, 0, MAX_COUNT)
@@ -108,7 +122,23 @@ def parse(params: dict[str, SearchParam], args: list[tuple[str, str]], ctx, *, s
         alternatives = [param.build(v, modifier, ctx) for v in _split(value)]
         clauses.append(alternatives[0] if len(alternatives) == 1 else or_(*alternatives))
         used.append((key, value))
-    return ParsedSearch(clauses, used, ignored, count, offset, wanted["_include"], wanted["_revinclude"])
+    return ParsedSearch(clauses, used, ignored, count, offset, wanted["_include"], wanted["_revinclude"], sort)
+
+
+def _sort(params: dict[str, SearchParam], value: str, into: list) -> list[str]:
+    """search.html 3.1.1.5.14: ``_sort=a,-b`` (a ascending, then b descending); the problems with it."""
+    problems = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        descending, name = item.startswith("-"), item.lstrip("-")
+        param = params.get(name)
+        if param is None or param.sort is None:
+            sortable = ", ".join(sorted(p.name for p in params.values() if p.sort is not None))
+            problems.append(f"_sort={item}: cannot sort by {name!r} (sortable: {sortable})")
+            continue
+        into.append((param.sort, descending))
+    return problems
 
 
 def _split(value: str) -> list[str]:
@@ -149,7 +179,7 @@ def id_param(column) -> SearchParam:
         number = numeric_id(value)
         return column == number if number is not None else false()  # not one of our ids: no match
     return SearchParam("_id", "token", "Logical id of the resource", build,
-                       definition="http://hl7.org/fhir/SearchParameter/Resource-id")
+                       definition="http://hl7.org/fhir/SearchParameter/Resource-id", sort=column)
 
 
 def reference_key(value: str, resource_type: str, ctx) -> int:
@@ -159,16 +189,21 @@ def reference_key(value: str, resource_type: str, ctx) -> int:
     return number if number is not None else -1
 
 
-def reference_param(name: str, resource_type: str, column, documentation: str, definition: str) -> SearchParam:
-    """A reference parameter matched on the foreign key ``column`` (ids here are database keys); it can
-    be followed by _include and _revinclude."""
-    return SearchParam(name, "reference", documentation,
-                       lambda v, _m, ctx: column == reference_key(v, resource_type, ctx), definition=definition,
-                       target=resource_type, column=column)
+def reference_param(name: str, resource_type: str, column, documentation: str, definition: str,
+                    keys: Callable | None = None) -> SearchParam:
+    """A reference parameter matched on the foreign key ``column`` (ids here are database keys; ``column``
+    may be an SQL expression giving the key, with ``keys(ids)`` an indexed clause for it); it can be
+    followed by _include and _revinclude."""
+    def build(value, _modifier, ctx):
+        key = reference_key(value, resource_type, ctx)
+        return keys([key]) if keys is not None else column == key
+    return SearchParam(name, "reference", documentation, build, definition=definition, target=resource_type,
+                       column=column, keys=keys)
 
 
-def date_clause(column, value: str, *, utc: bool, site_tz=None):
-    """A date search on a naive datetime/date ``column`` (UTC when ``utc``, else site time)."""
+def date_bounds(value: str, *, utc: bool, site_tz=None) -> tuple[str, dt.datetime, dt.datetime]:
+    """(prefix, start, end) of a date search value (search.html 3.1.1.5.6): [start, end) as naive datetimes in
+    UTC (``utc``) or site time; a value without an offset is taken in that zone."""
     prefix = value[:2] if value[:2] in DATE_PREFIXES + ("sa", "eb", "ap") else "eq"
     text = value[2:] if value[:2] == prefix else value
     if prefix in ("sa", "eb", "ap"):
@@ -178,16 +213,27 @@ def date_clause(column, value: str, *, utc: bool, site_tz=None):
         target = dt.timezone.utc if utc else site_tz
         start = start.astimezone(target).replace(tzinfo=None)
         end = end.astimezone(target).replace(tzinfo=None)
+    return prefix, start, end
+
+
+def compare(expr, prefix: str, start, end):
+    """The clause of a date prefix on ``expr`` for the range [start, end) (values comparable with ``expr``)."""
+    return {"eq": and_(expr >= start, expr < end), "ne": not_(and_(expr >= start, expr < end)),
+            "gt": expr >= end, "ge": expr >= start, "lt": expr < start, "le": expr < end}[prefix]
+
+
+def date_clause(column, value: str, *, utc: bool, site_tz=None):
+    """A date search on a naive datetime/date ``column`` (UTC when ``utc``, else site time)."""
+    prefix, start, end = date_bounds(value, utc=utc, site_tz=site_tz)
     if column.type.python_type is dt.date:
         start, end = start.date(), end.date() if end.time() == dt.time.min else end.date() + dt.timedelta(days=1)
-    return {"eq": and_(column >= start, column < end), "ne": not_(and_(column >= start, column < end)),
-            "gt": column >= end, "ge": column >= start, "lt": column < start, "le": column < end}[prefix]
+    return compare(column, prefix, start, end)
 
 
 def last_updated_param(column) -> SearchParam:
     return SearchParam("_lastUpdated", "date", "When the resource last changed (meta.lastUpdated, UTC)",
                        lambda v, _m, _c: date_clause(column, v, utc=True),
-                       definition="http://hl7.org/fhir/SearchParameter/Resource-lastUpdated")
+                       definition="http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", sort=column)
 
 
 def string_clause(column, value: str, modifier: str):
@@ -227,5 +273,8 @@ def searchset(url: str, parsed: ParsedSearch, total: int, resources: list[dict],
                                      "issue": [issue("not-supported", text, severity="warning")
                                                for text in parsed.ignored]},
                         "search": {"mode": "outcome"}})
-    return {"resourceType": "Bundle", "type": "searchset", "total": total,
-            "link": page_links(url, parsed.used, parsed.count, parsed.offset, total), "entry": entries}
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total,
+              "link": page_links(url, parsed.used, parsed.count, parsed.offset, total)}
+    if entries:   # FHIR JSON has no empty arrays (json.html 2.6.2.x): no match, no entry element
+        bundle["entry"] = entries
+    return bundle

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,9 +38,11 @@ def worker_name() -> str:
 class Dispatcher:
     def __init__(self, session_factory: sessionmaker[Session], channels: Iterable[Channel], *,
                  timeout: float = 10.0, max_attempts: int = 10, backoff_s: float = 5.0, backoff_max_s: float = 600.0,
-                 batch: int = 100, worker: str | None = None) -> None:
+                 batch: int = 100, worker: str | None = None,
+                 more_channels: Callable[[], Iterable[Channel]] | None = None) -> None:
         self.sessions = session_factory
         self.channels = list(channels)
+        self.more_channels = more_channels   # destinations that come and go (FHIR subscriptions): asked each run
         self.worker = worker or worker_name()
         self.lease_s = 4 * timeout + 60
         self.max_attempts = max_attempts
@@ -50,7 +52,8 @@ class Dispatcher:
 
     def run_once(self) -> dict[str, int]:
         """Deliver what is due, destination by destination; returns how many rows each one finished."""
-        return {channel.name: self._drain(channel) for channel in self.channels}
+        more = list(self.more_channels()) if self.more_channels is not None else []
+        return {channel.name: self._drain(channel) for channel in [*self.channels, *more]}
 
     def close(self) -> None:
         for channel in self.channels:

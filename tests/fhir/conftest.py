@@ -29,9 +29,21 @@ def fixture(name: str, **fill) -> dict:
     return json.loads(text)
 
 
+def _no_empty(node, where: str) -> None:
+    """FHIR JSON (R4 json.html): no empty arrays, objects or strings, no nulls."""
+    assert node not in ([], {}, "", None), f"{where} is empty ({node!r}): not allowed in FHIR JSON"
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _no_empty(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _no_empty(value, f"{where}[{i}]")
+
+
 def valid_r4(body: dict) -> dict:
-    """The body, after checking it is valid FHIR R4 (R4B models read R4)."""
+    """The body, after checking it is valid FHIR R4 (R4B models read R4) and valid FHIR JSON."""
     get_fhir_model_class(body["resourceType"]).model_validate(body)
+    _no_empty(body, body["resourceType"])
     return body
 
 

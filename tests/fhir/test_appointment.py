@@ -103,3 +103,18 @@ def test_an_siu_appointment_is_readable_and_cancellable_over_fhir(fhir, intake, 
     with unit_of_work(session_factory) as session:
         assert session.query(Appointment).count() == 1
         assert session.get(Appointment, int(found["id"])).status is AppointmentStatus.CANCELLED
+
+
+def test_if_match_on_an_appointment_is_refused_not_ignored(fhir, patient, session_factory):
+    """Appointments are not versioned (no ETag): an If-Match cannot be checked, so the update is refused (412)
+    instead of applied unchecked; without If-Match (or with '*') it applies."""
+    created = fhir.create(booked(patient))
+    assert "ETag" not in fhir.get(f"/fhir/Appointment/{created['id']}").headers
+    moved = dict(created, start="2026-12-11T08:00:00Z", end="2026-12-11T08:30:00Z")
+    refused = fhir.put(f"/fhir/Appointment/{created['id']}", moved, headers={"If-Match": 'W/"1"'})
+    assert refused.status_code == 412 and outcome(refused)["expression"] == ["If-Match"]
+    assert "not versioned" in outcome(refused)["diagnostics"]
+    assert stored(session_factory, created["id"]).start == dt.datetime(2026, 12, 10, 9)
+    applied = fhir.put(f"/fhir/Appointment/{created['id']}", moved, headers={"If-Match": "*"})
+    assert applied.status_code == 200
+    assert stored(session_factory, created["id"]).start == dt.datetime(2026, 12, 11, 9)

@@ -127,7 +127,8 @@ def test_batch_entries_succeed_or_fail_on_their_own(fhir, patient, app):
     assert ok["response"]["status"] == "201 Created"
     assert bad["response"]["status"] == "422 Unprocessable Entity"
     assert bad["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[1].resource.code"]
-    assert delete["response"]["status"] == "405 Method Not Allowed"
+    assert delete["response"]["status"] == "409 Conflict"   # the patient has the order of entry 0 now
+    assert "it has 1 order" in delete["response"]["outcome"]["issue"][0]["diagnostics"]
     assert matches(fhir.search("/fhir/ServiceRequest?identifier=BA-1"))
     assert messages(app, "FHIR Bundle batch")[0]["status"] == "PROCESSED"
 

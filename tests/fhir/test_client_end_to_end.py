@@ -91,3 +91,42 @@ def test_fhirpy_creates_searches_updates_and_the_worklist_answers(engine):
     order.save()
     assert order["status"] == "revoked"
     assert worklist_find(engine.dicom.port, "E2EACC1") == []
+
+
+def test_fhirpy_transaction_is_all_or_nothing_and_resolves_references(engine):
+    client = fhirpy.SyncFHIRClient(f"http://127.0.0.1:{engine.http_port}/fhir")
+    patient_url, order_url = "urn:uuid:5b2c7f9e-0000-4000-8000-000000000001", "urn:uuid:5b2c7f9e-0000-4000-8000-2"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": order_url, "request": {"method": "POST", "url": "ServiceRequest"},
+         "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                      "identifier": [{"type": {"coding": [ACSN]}, "value": "TXACC1"}],
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
+                      "subject": {"reference": patient_url}, "occurrenceDateTime": "2026-12-11T09:30:00+01:00"}},
+        {"fullUrl": patient_url, "request": {"method": "POST", "url": "Patient",
+                                             "ifNoneExist": "identifier=urn:oid:1.2.3.4|TX-PAT"},
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3.4", "value": "TX-PAT"}],
+                      "name": [{"family": "Transaction", "given": ["Tom"]}]}},
+    ]}
+    answer = client.execute("", method="post", data=bundle)   # POST [base]/
+    assert answer["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in answer["entry"]] == ["201 Created", "201 Created"]
+    order, patient = (e["resource"] for e in answer["entry"])
+    assert order["subject"]["reference"] == f"Patient/{patient['id']}"   # the urn:uuid reference, resolved
+    [found] = client.resources("ServiceRequest").search(identifier="TXACC1").fetch()
+    assert found["id"] == order["id"]
+    [item] = worklist_find(engine.dicom.port, "TXACC1")
+    assert str(item.PatientName) == "Transaction^Tom" and item.PatientID == "TX-PAT"
+
+    # a second transaction: its patient matches (If-None-Exist: 200), its order is refused: nothing is applied
+    bundle["entry"][0]["resource"]["identifier"][0]["value"] = "TXACC2"
+    bundle["entry"][0]["resource"]["code"] = {"text": "lipid panel"}
+    with pytest.raises(ClientOutcome) as refused:
+        client.execute("", method="post", data=bundle)
+    assert "Bundle.entry[0]" in str(refused.value) and "modality" in str(refused.value)
+    assert client.resources("ServiceRequest").search(identifier="TXACC2").fetch() == []
+    assert len(client.resources("Patient").search(identifier="urn:oid:1.2.3.4|TX-PAT").fetch()) == 1
+
+    # the client's delete of a patient who has an order: refused, saying why
+    with pytest.raises(ClientOutcome) as held:
+        client.delete("Patient", patient["id"])
+    assert "cannot be deleted: it has 1 order" in str(held.value)

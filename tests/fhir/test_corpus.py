@@ -81,8 +81,9 @@ def test_service_request_without_identifier_gets_an_accession(fhir, read_factory
     assert (item.modality, item.code_value, item.code_scheme, item.patient_id) == ("CT", "24627-2", "LN", "MINT1234")
     # 09:33:27+07:00 is 02:33:27Z, which is 04:33:27 in Europe/Berlin (CEST, +02:00, in May)
     assert item.scheduled_start == dt.datetime(2013, 5, 8, 4, 33, 27)
-    assert created["occurrenceDateTime"] == "2013-05-08T04:33:27+02:00"
-    assert created["requester"] == {"display": "Dr. Adam Careful"}
+    assert created["occurrenceDateTime"] == "2013-05-08T09:33:27+07:00"   # as sent: it means the stored time
+    assert created["requester"] == body["requester"]   # kept as sent; the worklist has its display
+    assert item.requesting_physician == "Dr. Adam Careful"
     assert created["reasonCode"] == [{"text": "Check for metastatic disease"}]
 
 
@@ -217,18 +218,30 @@ def test_r5_appointments_are_refused_with_a_clear_outcome(fhir, session_factory,
 
 # Transaction Bundle -----------------------------------------------------------------------------
 def test_transaction_bundle_with_unsupported_entries_is_refused_whole(fhir, session_factory):
-    """SOURCES.md: process atomically or refuse the unsupported entries for the whole transaction. DELETE and
-    the $lookup operation are not offered: each is named, before anything is applied."""
+    """SOURCES.md: process atomically or refuse the unsupported entries for the whole transaction. The $lookup
+    operation on ValueSet is not offered: it is named, before anything is applied."""
     bundle = load("r4_bundle_transaction_conditional_ops.json")
     assert bundle["type"] == "transaction"
     before = counts(session_factory)
     response = fhir.post("/fhir", bundle)
     assert response.status_code == 405
     issues = response.json["issue"]
-    assert [i["expression"] for i in issues] == [["Bundle.entry[5]"], ["Bundle.entry[6]"], ["Bundle.entry[7]"]]
+    assert [i["expression"] for i in issues] == [["Bundle.entry[7]"]]
     assert all("nothing was processed" in i["diagnostics"] for i in issues)
-    assert "ValueSet/$lookup" in issues[2]["diagnostics"]
+    assert "ValueSet/$lookup" in issues[0]["diagnostics"]
     assert counts(session_factory) == before
+
+
+def test_transaction_bundle_deletes_conditionally_and_by_id(fhir, session_factory):
+    """The corpus's DELETE entries: Patient/234 (not here: nothing to delete) and the conditional delete of
+    identifier 123456 (no match: nothing to delete) succeed as 204 alongside the conditional writes."""
+    bundle = load("r4_bundle_transaction_conditional_ops.json")
+    bundle["entry"] = [bundle["entry"][i] for i in (1, 3, 5, 6, 8)]
+    response = fhir.post("/fhir", bundle)
+    assert response.status_code == 200, response.json
+    assert [e["response"]["status"] for e in response.json["entry"]] == [
+        "201 Created", "201 Created", "204 No Content", "204 No Content", "200 OK"]
+    assert counts(session_factory)[0] == 2
 
 
 def test_transaction_bundle_supported_entries_all_or_nothing(fhir, session_factory):

@@ -1,5 +1,6 @@
-"""Raw input first for FHIR (interfaces.fhir.inbound): every write request is an InboundMessage, stored
-before it is applied, with its answer; visible in GET /api/messages; never fed to the HL7 intake."""
+"""Raw input kept for FHIR (interfaces.fhir.inbound): every write request is an InboundMessage, stored with its
+change (or, when refused or failed, after the rollback) and its answer; visible in GET /api/messages; never fed
+to the HL7 intake."""
 
 from __future__ import annotations
 
@@ -43,14 +44,14 @@ def test_failures_are_stored_as_error_or_rejected_with_the_operation_outcome(app
                                        "code": {"text": "lipids"}, "subject": {"reference": f"Patient/{patient['id']}"}})
     stale = dict(fixture("patient_doe.json"), id=patient["id"])
     assert fhir.put(f"/fhir/Patient/{patient['id']}", stale, headers={"If-Match": 'W/"99"'}).status_code == 412
-    assert fhir.call("DELETE", f"/fhir/Patient/{patient['id']}").status_code == 405
+    assert fhir.call("DELETE", "/fhir/Task/1").status_code == 405
     rows = {r["message_type"]: r for r in messages(app)}
     create = [r for r in messages(app, type="FHIR ServiceRequest create")]
     assert sorted((r["status"], r["ack_code"]) for r in create) == [("ERROR", "AE"), ("REJECTED", "AR")]
     assert any(r["error"].startswith("HTTP 400: malformed JSON") for r in create)
     assert any(r["error"].startswith("HTTP 422:") and "modality" in r["error"] for r in create)
     assert rows["FHIR Patient update"]["status"] == "ERROR" and "HTTP 412" in rows["FHIR Patient update"]["error"]
-    assert rows["FHIR Patient delete"]["status"] == "REJECTED"
+    assert rows["FHIR Task delete"]["status"] == "REJECTED"
     detail = app.test_client().get(f"/api/messages/{rows['FHIR Patient update']['id']}").json
     assert json.loads(detail["ack"])["resourceType"] == "OperationOutcome"
     assert detail["changes"] == [{"http_status": 412}]
@@ -78,3 +79,28 @@ def test_a_fhir_message_left_received_is_marked_error_not_given_to_hl7(session_f
     with unit_of_work(session_factory) as session:
         row = session.get(InboundMessage, msg_id)
         assert (row.status, row.ack_code) == (MessageStatus.ERROR, "AE") and "nothing of it" in row.error
+
+
+def test_a_write_whose_commit_fails_is_still_stored_with_its_error(app, fhir, patient, session_factory):
+    """The request is stored in the unit of work of its change; when that commit fails, it is stored after the
+    rollback with the error answered (nothing is lost)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    failures = []
+
+    def fail(session):   # the commit of the update fails, once
+        if not failures:
+            failures.append(1)
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error (simulated at commit)"))
+
+    event.listen(session_factory, "before_commit", fail)
+    try:
+        body = dict(fixture("patient_doe.json"), id=patient["id"], gender="other")
+        response = fhir.put(f"/fhir/Patient/{patient['id']}", body)
+    finally:
+        event.remove(session_factory, "before_commit", fail)
+    assert response.status_code == 503
+    [row] = messages(app, type="FHIR Patient update")
+    assert (row["status"], row["ack_code"]) == ("ERROR", "AE") and "HTTP 503" in row["error"]
+    assert fhir.get(f"/fhir/Patient/{patient['id']}").json["gender"] == "female"

@@ -53,6 +53,12 @@ def test_update_with_if_match_versions_and_vread(fhir, patient):
     assert fhir.get(f"/fhir/Patient/{pid}/_history/9").status_code == 404
     history = fhir.get(f"/fhir/Patient/{pid}/_history").json
     assert history["type"] == "history" and [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    # R4 bdl-3 / bdl-4: every history entry carries the request that made it and its response
+    assert [e["request"] for e in history["entry"]] == [{"method": "PUT", "url": f"Patient/{pid}"},
+                                                       {"method": "POST", "url": "Patient"}]
+    assert [(e["response"]["status"], e["response"]["etag"]) for e in history["entry"]] == [
+        ("200 OK", 'W/"2"'), ("201 Created", 'W/"1"')]
+    assert history["entry"][0]["response"]["lastModified"] == first.json["meta"]["lastUpdated"]
 
 
 def test_update_needs_the_matching_id_and_an_existing_patient(fhir, patient):
@@ -152,7 +158,8 @@ def test_a_patient_merged_by_hl7_points_to_the_survivor_and_cannot_be_updated(fh
     new = matches(fhir.search("/fhir/Patient?identifier=HOSP|MRG-NEW"))[0]
     assert old["active"] is False and old["link"] == [{"other": {"reference": f"Patient/{new['id']}"},
                                                        "type": "replaced-by"}]
-    assert new["active"] is True and "link" not in new
+    assert new["active"] is True and new["link"] == [{"other": {"reference": f"Patient/{old['id']}"},
+                                                      "type": "replaces"}]
     refused = fhir.put(f"/fhir/Patient/{old['id']}", dict(old, gender="male"))
     assert refused.status_code == 409 and f"Patient/{new['id']}" in outcome(refused)["diagnostics"]
 

@@ -81,7 +81,7 @@ def test_fhir_capability_statement_says_what_exists(client):
     assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
     assert body["rest"][0]["mode"] == "server"
     assert [r["type"] for r in body["rest"][0]["resource"]] == ["Patient", "ServiceRequest", "Task", "ImagingStudy",
-                                                                  "Appointment"]
+                                                                  "Appointment", "DiagnosticReport", "Subscription"]
 
 
 def test_unknown_fhir_resource_is_an_operation_outcome(client):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 06:37:55.528045
+Create Date: 2026-12-04 07:14:31.955978
 """
 from alembic import op
 import sqlalchemy as sa
@@ -96,7 +96,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['merged_into_fk'], ['patients.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('patient_id', 'issuer', name='uq_patient_key')
+    sa.UniqueConstraint('patient_id', 'issuer', name='uq_patient_key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patients_merged_into_fk'), ['merged_into_fk'], unique=False)
@@ -133,6 +134,7 @@ def upgrade() -> None:
     sa.Column('topic', sa.String(length=32), nullable=False),
     sa.Column('criteria', sa.String(length=1000), nullable=False),
     sa.Column('endpoint', sa.String(length=1000), nullable=False),
+    sa.Column('base_url', sa.String(length=255), nullable=False),
     sa.Column('headers', sa.JSON(), nullable=False),
     sa.Column('payload', sa.String(length=64), nullable=False),
     sa.Column('content', sa.String(length=16), nullable=False),
@@ -248,6 +250,7 @@ def upgrade() -> None:
     sa.Column('description', sa.String(length=128), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=False),
+    sa.Column('fhir_elements', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
