@@ -73,13 +73,18 @@ class GroupCommitter:
         There is deliberately no timeout: a caller that gave up could not know whether its job will still be
         committed, and would apply it twice by retrying on its own.
         """
+        return self.submit(job).result()
+
+    def submit(self, job: Job) -> Future:
+        """Queue ``job`` for the next group; its future gives the value once the group is committed. For a
+        caller with something else to do meanwhile (the C-STORE handler fsyncs the file while the index commits)."""
         if self._stopped.is_set() or self._thread is None:
             raise GroupCommitStopped("group commit is not running")
         future: Future = Future()
         self._queue.put((job, future))
         if self._stopped.is_set():  # stop() raced with us: fail whatever it left behind
             self._fail_pending(GroupCommitStopped("group commit stopped"))
-        return future.result()
+        return future
 
     # -- the writer thread ------------------------------------------------------------------------------------------
 
