@@ -15,13 +15,13 @@ linked on a guess: ranked candidates (same patient, modality, time window) are o
 app.queries.reconciliation, and a person links it (app.services.reconciliation). A study stored before its
 order is linked when the order is placed (:func:`link_waiting_studies`, called by app.services.orders).
 
-Several studies for one order (BUG-27): an order names the studies of its requested procedures by their Study
-Instance UIDs. A study that claims the order only by accession number or step id, while another study already
-claims it, makes the order ambiguous. The setting ``dicom_accession_studies`` (:class:`AccessionStudies`) says
-what happens: ``link-all`` links every such study of the patient and says so in each study's link reason
-(the reconciliation API lists the order under "several studies"); ``flag`` links none of them automatically:
-each is AMBIGUOUS, with the others named, until a person decides. A study carrying a procedure's own Study
-Instance UID is never ambiguous. Nothing is ever chosen by "first row" order.
+Several studies for one order (BUG-27): when a study of the order's patient claims an order that another study
+already claims, the order has several studies, and every study concerned says so in its link reason (the
+reconciliation API lists the order under "several studies"). The setting ``dicom_accession_studies``
+(:class:`AccessionStudies`) says what else happens: ``link-all`` links each of them; ``flag`` links none of them
+automatically but the order's own study (one carrying a procedure's Study Instance UID) and a person's choice:
+the others are AMBIGUOUS, naming the rest, until a person decides. Nothing is ever chosen by "first row" order:
+the outcome is the same whichever study arrives first.
 
 A study a person linked or unlinked (``link_manual``) is left alone by automatic linking.
 """
@@ -388,15 +388,13 @@ def find_link(session: Session, claim: Claim) -> Finding:
 
 
 def _rivals(session: Session, study: Study, order: Order) -> list[Study]:
-    """The other studies claiming ``order`` without one of its Study Instance UIDs: linked to it, or AMBIGUOUS
-    for it, or UNMATCHED waiting with its accession number and this study's patient."""
-    own = {p.study_instance_uid for p in order.procedures}
+    """The other studies of this patient claiming ``order``: linked to it, or AMBIGUOUS for it."""
     linked = [s for s in order.studies if s.id != study.id]
-    named = [Study.accession_number == order.accession_number] if order.accession_number else []
     waiting = session.scalars(select(Study).where(Study.id != study.id, Study.order_fk.is_(None),
-                                                  Study.link_status == LinkStatus.AMBIGUOUS, or_(*named))
-                              ).all() if named else []
-    rivals = [s for s in dict.fromkeys(linked + list(waiting)) if s.study_instance_uid not in own]
+                                                  Study.link_status == LinkStatus.AMBIGUOUS,
+                                                  Study.accession_number == order.accession_number)
+                              ).all() if order.accession_number else []
+    rivals = list(dict.fromkeys(linked + list(waiting)))
     return [s for s in rivals if not study.patient_id or not s.patient_id or s.patient_id == study.patient_id]
 
 
@@ -410,26 +408,24 @@ def link_study(session: Session, study: Study) -> Order | None:
         _set_link(study, None, LinkStatus.UNMATCHED, "; ".join(finding.reasons))
         session.flush()
         return None
-    if finding.by_uid:
-        _set_link(study, order, LinkStatus.LINKED, f"linked by {finding.how}")
-        session.flush()
-        return order
     rivals = _rivals(session, study, order)
     if not rivals:
         _set_link(study, order, LinkStatus.LINKED, f"linked by {finding.how}")
-    elif _policy(session) is AccessionStudies.LINK_ALL:
-        note = _several(order, [study, *rivals])
-        _set_link(study, order, LinkStatus.LINKED, f"linked by {finding.how}; {note}")
-        for rival in rivals:
-            if rival.order is order and "several studies" not in rival.link_reason:
-                _set_link(rival, order, LinkStatus.LINKED, f"{rival.link_reason}; {note}")
-    else:
-        note = _several(order, [study, *rivals])
-        for claimant in (study, *rivals):
-            if not claimant.link_manual:
-                _set_link(claimant, None, LinkStatus.AMBIGUOUS,
-                          f"{finding.how.split(' ')[0]} claim on order {order.accession_number}: {note}; "
-                          "link one by hand")
+        session.flush()
+        return order
+    own = {p.study_instance_uid for p in order.procedures}
+    note = _several(order, [study, *rivals])
+    flag = _policy(session) is AccessionStudies.FLAG
+    for claimant in (study, *rivals):
+        first = f"linked by {finding.how}" if claimant is study else claimant.link_reason.split("; several")[0]
+        if claimant.link_manual:                          # a person decided: only the note changes
+            if claimant.order is order:
+                claimant.link_reason = f"{first}; {note}"[:REASON_LIMIT]
+        elif not flag or claimant.study_instance_uid in own:
+            _set_link(claimant, order, LinkStatus.LINKED, f"{first}; {note}")
+        else:
+            _set_link(claimant, None, LinkStatus.AMBIGUOUS, f"{finding.how} names order {order.accession_number}, "
+                      f"which has other studies: {note}; link by hand")
     session.flush()
     return study.order
 

@@ -72,9 +72,9 @@ def _order(session: Session, order_id: int | None, accession: str) -> Order:
 def _check_patient(session: Session, patient_id: str, order: Order, what: str) -> None:
     owner = order.patient.patient_id
     if patient_id and owner != patient_id and not _merged_into(session, patient_id, owner):
-        raise Conflict(f"{what} is of patient {patient_id}, order {order.accession_number} of patient {owner}: a "
-                       "study is never linked to another patient's order; correct the patient first (ADT A40 merge "
-                       "or A47)", location="patient_id")
+        raise Conflict(f"{what} is of patient {patient_id}, order {order.accession_number} of patient {owner}: "
+                       "images and performed steps are never linked to another patient's order; correct the patient "
+                       "first (ADT A40 merge or A47)", location="patient_id")
 
 
 def _snapshot(study: Study) -> dict:
