@@ -8,7 +8,8 @@ A destination is written ``name=host:port`` followed by options ``;key=value``::
 Options: ``enabled`` (true/false; a disabled destination gets no new messages and nothing is sent
 to it), ``message`` (the order status message: ``ORM^O01`` or ``OMG^O19``; default the setting
 ``outbound_order_message``), ``application`` and ``facility`` (its MSH-5/MSH-6; default: the
-order's sender), ``kinds`` (what it receives, ``+``-separated; default ``order.status``).
+order's sender), ``kinds`` (what it receives, ``+``-separated; default ``order.status``; ``step.status`` adds
+every change of a procedure step, e.g. ``kinds=order.status+step.status``).
 This module imports nothing of ours.
 """
 

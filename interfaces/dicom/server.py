@@ -54,7 +54,7 @@ from app.services.archive import AccessionStudies, ResentPolicy
 from app.storage import ArchiveStore
 from config.settings import SettingsError
 from interfaces.dicom import commitment, mpps, query_retrieve, reactor, statuses, storage, worklist
-from interfaces.dicom.network import bind_caller_check, known_aes, set_tcp_nodelay
+from interfaces.dicom.network import bind_caller_check, forward_nodes, known_aes, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,6 @@ MAXIMUM_PDU_SIZE = 262144
 ACSE_TIMEOUT = 30.0       # seconds to wait for association messages
 DIMSE_TIMEOUT = 60.0      # seconds to wait for a DIMSE message once an operation started
 NETWORK_TIMEOUT = 120.0   # an association silent this long is aborted (each costs two polling threads)
-
-
-def _forward_nodes(settings, known: dict) -> tuple[str, ...]:
-    """The AE titles of setting dicom_forward; each must be a known AE (its address is there)."""
-    unknown = [aet for aet in settings.dicom_forward if aet not in known]
-    if unknown:
-        raise SettingsError(f"RIS_DICOM_FORWARD: {', '.join(unknown)} not in RIS_DICOM_KNOWN_AES (AET=host:port)")
-    return tuple(settings.dicom_forward)
 
 
 def handle_echo(event) -> int:
@@ -122,7 +114,7 @@ class DicomServer:
         except ValueError:
             raise SettingsError(f"RIS_DICOM_ACCESSION_STUDIES={settings.dicom_accession_studies!r}: one of "
                                 f"{', '.join(p.value for p in AccessionStudies)}") from None
-        self.known_forwards = _forward_nodes(settings, self.known_aes)
+        self.known_forwards = tuple(node.ae_title for node in forward_nodes(settings))
         self.store = store
         self.session_factory = session_factory
         self.committer = GroupCommitter(session_factory, name="dicom-group-commit")

@@ -244,7 +244,7 @@ def _index_while_syncing(context: StorageContext, data: InstanceData, staged: St
                 index_instance(session, data, found)
         finally:
             decided.set()
-        destinations = [f"dicom:{aet}" for aet in context.forward_to if aet != data.calling_aet]
+        destinations = [f"dicom:{aet}" for aet in context.forward_to if aet != data.calling_aet.strip()]
         if destinations:
             outbox.enqueue(session, FORWARD, forward_payload(data),
                            Cause("dicom", reference=data.sop_instance_uid, sender=data.calling_aet),

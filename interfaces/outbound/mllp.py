@@ -1,6 +1,7 @@
 """HL7 v2 over MLLP to one destination (the HIS, IHE RAD-3): one persistent connection, ACK correlation.
 
-Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination),
+Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination) for the
+kinds ``order.status`` and ``step.status`` (a step's change: the order's message whose OBR-20 names the step),
 MSH-10 = the outbox row's stable ``message_id``, MSH-5/MSH-6 the destination's application and facility (default:
 the order's sender, MSH-3/MSH-4 of the message that placed it), MSH-7 now in the site's zone.
 
@@ -19,7 +20,7 @@ import logging
 import ssl
 from zoneinfo import ZoneInfo
 
-from app.services.outbox import ORDER_STATUS
+from app.services.outbox import ORDER_STATUS, STEP_STATUS
 from config.outbound import Destination
 from interfaces.hl7.ack_reader import NotAnAck, read_ack
 from interfaces.hl7.writer import Header, encode, order_status_message
@@ -44,7 +45,7 @@ class HL7MLLPChannel:
         self._client: MLLPClient | None = None
 
     def render(self, kind: str, payload: dict, message_id: str) -> bytes:
-        if kind != ORDER_STATUS:
+        if kind not in (ORDER_STATUS, STEP_STATUS):      # a step's change: the order's status message naming it
             raise PermanentError(f"destination {self.name} (HL7 over MLLP) cannot send {kind!r} messages")
         sender = (payload.get("sender") or "").split("^")
         header = Header(
