@@ -5,9 +5,10 @@ Two ways to write a file durably (when they are done, the file survives a crash 
 - :meth:`ArchiveStore.write`: written to a temporary name, fsynced, renamed into place and its folder fsynced.
 - in steps, so that the device flushes overlap with other work (what C-STORE does, interfaces.dicom.storage):
   :meth:`ArchiveStore.stage` writes the bytes under a temporary name and returns a :class:`Staged` file;
-  :meth:`Staged.sync` fsyncs its data (while the index entry is being committed elsewhere), :meth:`ArchiveStore.place`
-  renames it into place, :meth:`Staged.sync_folder` fsyncs the folder that now names it. The file is durable
-  when both syncs returned; a reader never sees a partial file, because it is renamed into place complete.
+  :meth:`ArchiveStore.place_new` (no file of that name yet) or :meth:`ArchiveStore.place` (replacing one) gives it
+  its name, :meth:`Staged.sync` fsyncs its data and :meth:`Staged.sync_folder` the folder that names it, each
+  while other work goes on (the index entry is committed elsewhere meanwhile). The file is durable when both
+  syncs returned; a reader never sees a partial file, because it is named only once complete.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ class ArchiveStore:
         staged.path = self.root / staged.relative
         staged.placed = True
 
+    def place_new(self, staged: "Staged") -> bool:
+        """Give a staged file its name when no file has it yet (a hard link, so an existing file is never
+        replaced, whoever wins a race); False when one exists (:meth:`place` it after the checks)."""
+        target = self.root / staged.relative
+        try:
+            os.link(staged.path, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot write {staged.relative}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            os.unlink(staged.path)
+        staged.path = target
+        staged.placed = True
+        return True
+
     def delete(self, relative: str) -> None:
         (self.root / relative).unlink(missing_ok=True)
 
@@ -107,11 +124,13 @@ class Staged:
     relative: str
     fd: int
     placed: bool = False
+    synced: bool = False
 
     def sync(self) -> None:
         """fsync the file's data (StorageError when the device refuses)."""
         try:
             os.fsync(self.fd)
+            self.synced = True
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot write {self.relative}: {exc.strerror or exc}") from exc
         finally:

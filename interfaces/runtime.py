@@ -20,6 +20,7 @@ from app.group_commit import GroupCommitter
 from app.storage import ArchiveStore
 from config.settings import Settings
 from config.tls import server_context
+from interfaces.dicom.dicomweb import dicomweb
 from interfaces.dicom.server import DicomServer
 from interfaces.fhir.routes import fhir
 from interfaces.hl7.intake import HL7Intake
@@ -39,7 +40,7 @@ def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL
     when not given)."""
     if intake is None:
         intake = HL7Intake(settings, session_factory, load_profiles(settings))
-    return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
+    return create_app(settings, session_factory, read_factory, blueprints=[fhir, dicomweb, web],
                       services={"reprocess_message": intake.reprocess,
                                 "describe_mappings": intake.profiles.describe,
                                 "test_mapping": functools.partial(mapping_test, intake, settings)})

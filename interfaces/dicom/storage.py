@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -59,6 +59,7 @@ from interfaces.dicom import coercion, statuses
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_FOLDER_SYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive-fsync")   # folders, alongside files
 COERCED = 0xB000                       # C-STORE warning "Coercion of data elements", PS3.4 Table B.2-1
 FORWARD = "instance.stored"            # outbox kind: an instance to forward (interfaces.outbound.dicom)
 
@@ -165,15 +166,25 @@ class StorageContext:
 
 
 def handle_store(event, context: StorageContext) -> int | Dataset:
-    """EVT_C_STORE: stage the received bytes, index them while they are fsynced; success only when the file
-    (data and name) and the index entry are durable (module docstring)."""
-    store = context.store
+    """EVT_C_STORE: :func:`store_instance` of the received bytes."""
     try:
         encoded = event.encoded_dataset()
-        request = event.request
-        data = read_instance(encoded, calling_aet=event.assoc.requestor.ae_title,
-                             affected_sop_uid=str(request.AffectedSOPInstanceUID or ""),
-                             sop_class_uid=str(request.AffectedSOPClassUID or ""))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        return statuses.from_error(exc, statuses.C_STORE)
+    request = event.request
+    return store_instance(context, encoded, calling_aet=event.assoc.requestor.ae_title,
+                          affected_sop_uid=str(request.AffectedSOPInstanceUID or ""),
+                          sop_class_uid=str(request.AffectedSOPClassUID or ""))
+
+
+def store_instance(context: StorageContext, encoded: bytes, *, calling_aet: str = "", affected_sop_uid: str = "",
+                   sop_class_uid: str = "") -> int | Dataset:
+    """Archive one Part 10 byte string (C-STORE, STOW-RS): stage it, index it while it is fsynced; success only
+    when the file (data and name) and the index entry are durable (module docstring). The C-STORE status."""
+    store = context.store
+    try:
+        data = read_instance(encoded, calling_aet=calling_aet, affected_sop_uid=affected_sop_uid,
+                             sop_class_uid=sop_class_uid)
         status = statuses.SUCCESS
         if context.coerce_on_store:
             coerced = _coerce_from_order(context, data, encoded)
@@ -223,11 +234,14 @@ def _coerce_from_order(context: StorageContext, data: InstanceData, encoded: byt
 
 
 def _index_while_syncing(context: StorageContext, data: InstanceData, staged: Staged) -> bool:
-    """Index ``data`` (its unit of work renames the staged file into place) while this thread fsyncs the file's
-    data and then, once it is placed, its folder: the device flushes of file, folder and index overlap. True
-    when the instance was indexed, False when it was ignored (re-sent, policy ignore). Retried once when a
-    concurrent store created the same study or series first."""
+    """Index ``data`` while its file is made durable: the device flushes of the file's data (this thread), its
+    folder (a helper thread) and the index commit (the group committer) overlap. A new file is named at once
+    (:meth:`ArchiveStore.place_new` never replaces a file); one replacing an archived copy only after the checks of
+    the unit of work, and its folder is synced after that. True when the instance was indexed, False when it was
+    ignored (re-sent, policy ignore). Retried once when a concurrent store created the same study or series first."""
     decided = threading.Event()
+    new_file = context.store.place_new(staged)    # no archived file had its name: nothing to protect (or heal)
+    folders = [_FOLDER_SYNCS.submit(staged.sync_folder)] if staged.placed else []
 
     def job(session):
         try:
@@ -237,7 +251,7 @@ def _index_while_syncing(context: StorageContext, data: InstanceData, staged: St
                 add_instance(session, series_id, data)
             else:
                 found = check_identity(session, data)
-                if context.policy is not ResentPolicy.REPLACE and not admit_instance(
+                if context.policy is not ResentPolicy.REPLACE and not new_file and not admit_instance(
                         session, context.store, data.sop_instance_uid, context.policy, found.instance):
                     return False
                 _place(context, staged)
@@ -252,32 +266,35 @@ def _index_while_syncing(context: StorageContext, data: InstanceData, staged: St
         session.flush()
         return True
 
-    sync_error: StorageError | None = None
-    for attempt in (1, 2):
+    def run_job() -> bool:
         decided.clear()
         future = _submit(context, job)
         future.add_done_callback(lambda _: decided.set())      # also when the job never ran
-        if attempt == 1:
+        if not staged.synced:
             try:
                 staged.sync()                # while the index entry is written and committed
             except StorageError as exc:
-                sync_error = exc
+                errors.append(exc)
         decided.wait()
-        if staged.placed and sync_error is None:
-            try:
-                staged.sync_folder()
-            except StorageError as exc:
-                sync_error = exc
+        if not folders and staged.placed:
+            folders.append(_FOLDER_SYNCS.submit(staged.sync_folder))
+        return future.result()
+
+    errors: list[StorageError] = []
+    try:
         try:
-            indexed = future.result()
+            indexed = run_job()
         except IntegrityError:
-            if attempt == 2:
-                raise
-            continue
-        if sync_error is not None:
-            raise sync_error                 # not durable: a failure status, the modality sends it again
-        return indexed
-    return False
+            indexed = run_job()
+    finally:
+        for pending in folders:
+            try:
+                pending.result()
+            except StorageError as exc:
+                errors.append(exc)
+    if errors:
+        raise errors[0]                      # not durable: a failure status, the modality sends it again
+    return indexed
 
 
 def _place(context: StorageContext, staged: Staged) -> None:
