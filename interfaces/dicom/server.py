@@ -24,9 +24,9 @@ odd numbers 1-255, PS3.8 9.3.2.2), so it binds the SCU, not us. We therefore sup
 with the same list of transfer syntaxes (:data:`STORAGE_TRANSFER_SYNTAXES`). Compressed syntaxes cost nothing:
 the storage handler writes the bytes as received and decodes no pixel data.
 
-pynetdicom's two polling loops per association are woken when there is work instead of after their next 1 ms
-sleep (interfaces.dicom.reactor), and the largest PDU we accept is :data:`MAXIMUM_PDU_SIZE`, so a C-STORE costs
-a few PDUs instead of dozens.
+pynetdicom reads a PDU in one go and its two polling loops per association are woken when there is work instead of
+after their next 1 ms sleep (interfaces.dicom.pynetdicom_tuning); the largest PDU we accept is
+:data:`MAXIMUM_PDU_SIZE`, so a C-STORE costs a few PDUs instead of dozens.
 
 Every association socket gets TCP_NODELAY (pynetdicom never sets it; without it small DIMSE messages wait for
 delayed ACKs - about 20 stores/s instead of 140). It is set in the EVT_CONN_OPEN handler on
@@ -53,7 +53,7 @@ from app.services import archive
 from app.services.archive import AccessionStudies, ResentPolicy
 from app.storage import ArchiveStore
 from config.settings import SettingsError
-from interfaces.dicom import commitment, mpps, query_retrieve, reactor, statuses, storage, worklist
+from interfaces.dicom import commitment, mpps, pynetdicom_tuning, query_retrieve, statuses, storage, worklist
 from interfaces.dicom.network import bind_caller_check, forward_nodes, known_aes, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,11 @@ class DicomServer:
             self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES,
                                           scu_role=True, scp_role=True)
         self.commitment = commitment.CommitmentReporter(self.ae, settings, read_factory, store, self.known_aes)
-        reactor.install()
+        pynetdicom_tuning.install()
         self.handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_CONN_OPEN, reactor.attach),
-            (evt.EVT_CONN_CLOSE, reactor.detach),
+            (evt.EVT_CONN_OPEN, pynetdicom_tuning.attach),
+            (evt.EVT_CONN_CLOSE, pynetdicom_tuning.detach),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_FIND, route_find(worklist.bind(read_factory, settings),
                                         query_retrieve.bind_find(read_factory, settings))),
