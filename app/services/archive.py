@@ -105,8 +105,9 @@ class CommitmentResult:
 
 def check_commitment(session: Session, store: ArchiveStore, references: list[tuple[str, str]]) -> CommitmentResult:
     """Storage commitment (PS3.4 J.3.2, IHE RAD-10): an instance is committed only when it is durably stored,
-    that is indexed with the same SOP Class and its file present with the indexed size (an index entry is
-    committed together with the instance's bytes, app.storage)."""
+    that is indexed with the same SOP Class and its file present with the indexed size (C-STORE success is
+    answered only when both the index entry and the file are durable; a file lost in a crash before that
+    answer is missing or short, and so not committed)."""
     uids = [uid for _, uid in references]
     archived: dict[str, Instance] = {}
     for start in range(0, len(uids), 500):
