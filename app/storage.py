@@ -14,6 +14,7 @@ Two ways to write a file durably (when they are done, the file survives a crash 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import uuid
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+_STAGED = itertools.count(1)
+_PROCESS = uuid.uuid4().hex[:12]       # this process's part of staged names (another process never takes them)
 
 
 class StorageError(OSError):
@@ -63,7 +66,7 @@ class ArchiveStore:
         """Write ``data`` next to ``relative`` under a temporary name (not yet synced); :meth:`place` it or
         :meth:`Staged.discard` it. StorageError when the archive cannot take it."""
         target = self.root / relative
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f".{target.name}.{_PROCESS}.{next(_STAGED)}.tmp")    # unique, and cheap
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

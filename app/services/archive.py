@@ -275,10 +275,11 @@ def next_instance_of_series(session: Session, data: InstanceData) -> int | None:
     with the study's patient and accession number, bringing no study or series attribute the index lacks: then
     :func:`add_instance` indexes it with one INSERT. None otherwise (use :func:`index_instance`, which also
     refuses contradictions)."""
-    row = session.execute(_SERIES_OF, {"series_uid": data.series_instance_uid}).first()
+    connection = session.connection()        # Core statements: no ORM round trip
+    row = connection.execute(_SERIES_OF, {"series_uid": data.series_instance_uid}).first()
     if row is None or row.study_instance_uid != data.study_instance_uid:
         return None
-    if session.execute(_INSTANCE_EXISTS, {"sop_uid": data.sop_instance_uid}).first() is not None:
+    if connection.execute(_INSTANCE_EXISTS, {"sop_uid": data.sop_instance_uid}).first() is not None:
         return None
     for column, attribute in _STUDY_FIELDS:
         value, archived = getattr(data, attribute) or "", getattr(row, column)
@@ -293,7 +294,7 @@ def next_instance_of_series(session: Session, data: InstanceData) -> int | None:
 
 
 def add_instance(session: Session, series_id: int, data: InstanceData) -> None:
-    session.execute(_ADD_INSTANCE, {"series_fk": series_id, "sop_instance_uid": data.sop_instance_uid,
+    session.connection().execute(_ADD_INSTANCE, {"series_fk": series_id, "sop_instance_uid": data.sop_instance_uid,
                                     "sop_class_uid": data.sop_class_uid, "transfer_syntax_uid": data.transfer_syntax_uid,
                                     "instance_number": data.instance_number, "path": data.path, "size": data.size,
                                     "calling_aet": data.calling_aet, "created_at": utcnow()})

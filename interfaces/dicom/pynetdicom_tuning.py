@@ -1,4 +1,4 @@
-"""Two fixes to pynetdicom's hot path of receiving: read a PDU in one go, and wake the association's polling loops
+"""Fixes to pynetdicom's hot path of receiving: read a PDU in one go, and wake the association's polling loops
 when there is work instead of after their next 1 ms sleep (measured on C-STORE, docs/performance.md).
 
 Reading (``AssociationSocket.recv``): pynetdicom 3.0 reads a PDU in 4 kB ``recv`` calls, each appended to a
@@ -19,8 +19,10 @@ socket; next request -> reader). This module replaces those two sleeps, and only
 
 Each wait still ends after the time pynetdicom asked for, so every check its loops make (release, abort, ARTIM
 and idle timers) happens at least as often as before; with TLS, bytes already decrypted are not seen by
-``select`` and the wait simply lasts the original 1 ms. The waits are set up for the associations of our own
-server (EVT_CONN_OPEN, :func:`attach`; EVT_CONN_CLOSE, :func:`detach`). Both fixes are installed only for the
+``select`` and the wait simply lasts the original 1 ms. pynetdicom's standard event handlers, which format a
+report of every PDU and DIMSE message even when its logger (at WARNING unless RIS_LOG_LEVEL=DEBUG,
+config.logging) drops them, are switched off in that case. The waits are set up for the associations of our own
+server (EVT_CONN_OPEN, :func:`attach`; EVT_CONN_CLOSE, :func:`detach`). The fixes are installed only for the
 pynetdicom version they were written against (:data:`SUPPORTED`); with any other version pynetdicom runs as
 shipped.
 """
@@ -35,6 +37,7 @@ import time
 import types
 
 import pynetdicom
+from pynetdicom import _config
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
@@ -83,7 +86,7 @@ _lock = threading.Lock()
 
 
 def install() -> bool:
-    """Install both fixes (once); False for a pynetdicom version they were not written against."""
+    """Install the fixes (once); False for a pynetdicom version they were not written against."""
     global _installed
     with _lock:
         if _installed:
@@ -95,6 +98,9 @@ def install() -> bool:
         _association.time = clock
         _dul.time = clock
         _transport.AssociationSocket.recv = _recv
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # its standard handlers format every PDU and DIMSE message even when the logger drops them
+            _config.LOG_HANDLER_LEVEL = "none"
         _installed = True
         return True
 
