@@ -262,11 +262,12 @@ def index_instance(session: Session, data: InstanceData, found: Archived | None 
 
 
 # The next instance of an archived series: the common case of a C-STORE, by prepared statements -------------
+_INSTANCE_OF = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop_uid")).scalar_subquery()
 _SERIES_OF = (select(Series.id, Series.modality, Series.series_number, Series.description, Study.study_instance_uid,
-                     Study.received, *[getattr(Study, column) for column, _ in _STUDY_FIELDS])
+                     Study.received, _INSTANCE_OF.label("archived_instance"),
+                     *[getattr(Study, column) for column, _ in _STUDY_FIELDS])
               .join(Study, Series.study_fk == Study.id)
               .where(Series.series_instance_uid == bindparam("series_uid")))
-_INSTANCE_EXISTS = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop_uid"))
 _ADD_INSTANCE = insert(Instance.__table__)
 
 
@@ -275,11 +276,9 @@ def next_instance_of_series(session: Session, data: InstanceData) -> int | None:
     with the study's patient and accession number, bringing no study or series attribute the index lacks: then
     :func:`add_instance` indexes it with one INSERT. None otherwise (use :func:`index_instance`, which also
     refuses contradictions)."""
-    connection = session.connection()        # Core statements: no ORM round trip
-    row = connection.execute(_SERIES_OF, {"series_uid": data.series_instance_uid}).first()
-    if row is None or row.study_instance_uid != data.study_instance_uid:
-        return None
-    if connection.execute(_INSTANCE_EXISTS, {"sop_uid": data.sop_instance_uid}).first() is not None:
+    row = session.connection().execute(         # one Core statement, no ORM round trip
+        _SERIES_OF, {"series_uid": data.series_instance_uid, "sop_uid": data.sop_instance_uid}).first()
+    if row is None or row.study_instance_uid != data.study_instance_uid or row.archived_instance is not None:
         return None
     for column, attribute in _STUDY_FIELDS:
         value, archived = getattr(data, attribute) or "", getattr(row, column)
