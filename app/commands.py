@@ -134,6 +134,22 @@ class PerformedStepData:
     sps_id: str = ""
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+    patient_id: str = ""
+    patient_name: str = ""
+    description: str = ""
+    series: tuple["PerformedSeriesData", ...] | None = None   # None: not in the request (keep what is recorded)
+
+
+@dataclass(frozen=True)
+class PerformedSeriesData:
+    """One item of the Performed Series Sequence (0040,0340), DICOM PS3.3 C.4.17."""
+
+    series_instance_uid: str
+    description: str = ""
+    protocol_name: str = ""
+    retrieve_aet: str = ""
+    operator: str = ""
+    instances: tuple[tuple[str, str], ...] = ()    # (SOP Class UID, SOP Instance UID)
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,8 @@ class InstanceData:
     series_description: str = ""
     instance_number: str = ""
     calling_aet: str = ""
+    requested_procedure_id: str = ""   # Request Attributes Sequence (0040,0275), first item
+    sps_id: str = ""
 
 
 @dataclass(frozen=True)

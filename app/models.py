@@ -122,8 +122,11 @@ class MessageStatus(str, enum.Enum):
 
 
 class LinkStatus(str, enum.Enum):
+    """How an archived study stands to the orders (app.services.archive)."""
+
     LINKED = "LINKED"
-    UNMATCHED = "UNMATCHED"
+    UNMATCHED = "UNMATCHED"      # no order found: held for reconciliation, never rejected
+    AMBIGUOUS = "AMBIGUOUS"      # an order fits, but it has another study (BUG-27, policy "flag"): a person decides
 
 
 # Patients ------------------------------------------------------------------------------------
@@ -302,8 +305,34 @@ class PerformedStep(Base):
     ended_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     created_at: Mapped[created]
     updated_at: Mapped[updated]
+    # What the modality said, kept for reconciling a performed step that names no known scheduled step.
+    patient_id: Mapped[ident]
+    patient_name: Mapped[pn]
+    sps_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    description: Mapped[str] = mapped_column(String(64), nullable=False, default="")
 
     step: Mapped[Optional[ProcedureStep]] = relationship()
+    series: Mapped[list["PerformedSeries"]] = relationship(
+        back_populates="performed", cascade="all, delete-orphan", order_by="PerformedSeries.id")
+
+
+class PerformedSeries(Base):
+    """One item of an MPPS's Performed Series Sequence (0040,0340), DICOM PS3.3 C.4.17: what was acquired."""
+
+    __tablename__ = "performed_series"
+
+    id: Mapped[intpk]
+    performed_fk: Mapped[int] = mapped_column(ForeignKey("performed_steps.id", ondelete="CASCADE"), nullable=False,
+                                              index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    description: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    protocol_name: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    retrieve_aet: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    operator: Mapped[pn]
+    # Referenced Image / Non-Image Composite SOP Instance Sequences: [[SOP Class UID, SOP Instance UID], ...]
+    instances: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+
+    performed: Mapped[PerformedStep] = relationship(back_populates="series")
 
 
 # Archive index -------------------------------------------------------------------------------
@@ -328,9 +357,16 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(8), nullable=False, default="")
     study_time: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     description: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    # Request Attributes Sequence (0040,0275) of its instances: linking by SPS / Requested Procedure ID
+    requested_procedure_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    sps_id: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
     order_fk: Mapped[Optional[int]] = mapped_column(ForeignKey("orders.id"), index=True)
     link_status: Mapped[LinkStatus] = mapped_column(_enum(LinkStatus), nullable=False, default=LinkStatus.UNMATCHED)
     link_reason: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    # A person linked or unlinked it (reconciliation): automatic linking leaves it alone from then on.
+    link_manual: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # The accession number and request identifiers as the first instance brought them, restored by an unlink.
+    received: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 

@@ -9,7 +9,9 @@ Options: ``enabled`` (true/false; a disabled destination gets no new messages an
 to it), ``message`` (the order status message: ``ORM^O01`` or ``OMG^O19``; default the setting
 ``outbound_order_message``), ``application`` and ``facility`` (its MSH-5/MSH-6; default: the
 order's sender), ``kinds`` (what it receives, ``+``-separated: ``order.status`` order status messages,
-``report`` signed reports as ORU^R01; default both).
+``report`` signed reports as ORU^R01, ``step.status`` every change of a procedure step,
+``hl7.application_ack`` the application ACKs of HL7 enhanced mode; default ``order.status+report``, e.g.
+``kinds=order.status+report+step.status``; an unknown kind is refused with the known ones).
 This module imports nothing of ours.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 ORDER_MESSAGES = ("ORM^O01", "OMG^O19")
 DEFAULT_KINDS = ("order.status", "report")
+KINDS = ("order.status", "report", "step.status", "hl7.application_ack")   # what a destination can be given
 _OPTIONS = ("enabled", "message", "application", "facility", "kinds")
 
 
@@ -63,6 +66,10 @@ def parse_destination(spec: str, *, default_message: str = "ORM^O01") -> Destina
             values[key] = _flag(name, raw)
         elif key == "kinds":
             values[key] = tuple(k.strip() for k in raw.split("+") if k.strip())
+            unknown = [k for k in values[key] if k not in KINDS]
+            if unknown or not values[key]:
+                raise ValueError(f"destination {name}: kinds={raw!r}: {', '.join(unknown) or 'nothing'} is not a kind "
+                                 f"it can receive (known: {'+'.join(KINDS)})")
         else:
             values[key] = raw.strip()
     if values["message"] not in ORDER_MESSAGES:

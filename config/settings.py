@@ -122,6 +122,27 @@ class Settings:
         "C-STORE of a SOP Instance UID already archived: 'replace' the file and index entry, 'ignore' it "
         "(success, nothing written) or 'reject' it (0111 Duplicate SOP Instance).", "replace"
     )
+    dicom_accession_studies: str = _doc(
+        "Several studies of one patient name the same order (accession number or SPS ID, BUG-27): 'link-all' links "
+        "each and reports the order as having several studies; 'flag' links none of them automatically (each is "
+        "AMBIGUOUS until a person links it).", "link-all"
+    )
+    dicom_coerce_on_store: bool = _doc(
+        "Coerce patient and order attributes of a received instance from the order it links to before it is "
+        "written (originals kept in the Original Attributes Sequence; C-STORE answers B000).", False
+    )
+    dicom_coerce_on_retrieve: bool = _doc(
+        "Send archived instances (C-MOVE, C-GET, forwarding, WADO) with the patient and order attributes of the "
+        "archive index (after merges and manual links); files stay as received.", True
+    )
+    dicom_forward: tuple[str, ...] = _doc(
+        "AE titles (of dicom_known_aes) every received instance is forwarded to by C-STORE, from the outbox "
+        "with retry; an instance is never sent back to the AE it came from.", ()
+    )
+    reconciliation_window_hours: float = _doc(
+        "Candidates for an unmatched study: orders of the same patient with a step scheduled within this many "
+        "hours of the study's date and time rank higher.", 24.0
+    )
     outbound_destinations: tuple[str, ...] = _doc(
         "Outbound destinations, comma separated: name=host:port[;enabled=false][;message=OMG^O19]"
         "[;application=APP][;facility=FAC][;kinds=order.status] (see config/outbound.py).", ()

@@ -139,10 +139,17 @@ class RecordIdConverter(IntegerConverter):
         return number
 
 
+def _textual(mimetype: str) -> bool:
+    """A body of text (JSON, XML, text, a urlencoded form, HL7 v2; no type: read as text by the JSON endpoints).
+    Binary bodies (application/dicom, multipart/related of STOW-RS, octet-stream) hold NUL bytes by nature."""
+    return (not mimetype or mimetype.startswith("text/") or mimetype.endswith(("json", "xml", "er7"))
+            or mimetype in ("application/x-www-form-urlencoded", "application/hl7-v2"))
+
+
 def refuse_nul_characters(request) -> None:
-    """Refuse (400) a request whose path, query, form or body holds a NUL character (U+0000, or ``\\u0000`` in
-    JSON): no text the engine keeps may hold one (PostgreSQL refuses it in every text column), so it is named
-    here instead of failing as a 500 where it is stored or searched for."""
+    """Refuse (400) a request whose path, query, form or text body holds a NUL character (U+0000, or ``\\u0000``
+    in JSON): no text the engine keeps may hold one (PostgreSQL refuses it in every text column), so it is named
+    here instead of failing as a 500 where it is stored or searched for. Binary bodies are left alone."""
     where = None
     if "\x00" in request.path:
         where = "the path"
@@ -157,7 +164,7 @@ def refuse_nul_characters(request) -> None:
                     break
             if where:
                 break
-    if where is None and request.content_length and request.mimetype not in ("multipart/form-data",):
+    if where is None and request.content_length and _textual(request.mimetype):
         body = request.get_data(cache=True)
         if b"\x00" in body or b"\\u0000" in body:
             where = "the body"

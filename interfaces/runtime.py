@@ -27,6 +27,7 @@ from app.services import scheduling
 from app.storage import ArchiveStore
 from config.settings import Settings
 from config.tls import server_context
+from interfaces.dicom.dicomweb import dicomweb
 from interfaces.dicom.server import DicomServer
 from interfaces.fhir.routes import fhir
 from interfaces.hl7.intake import HL7Intake
@@ -118,7 +119,7 @@ def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL
     fhir_subscription.watch(session_factory, settings)   # FHIR subscription notifications (idempotent)
     if intake is None:
         intake = HL7Intake(settings, session_factory, load_profiles(settings))
-    return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
+    return create_app(settings, session_factory, read_factory, blueprints=[fhir, dicomweb, web],
                       services={"reprocess_message": intake.reprocess,
                                 "mapping_profiles": intake.profiles,
                                 "describe_mappings": intake.profiles.describe,

@@ -112,6 +112,7 @@ class StoredInstance:
     transfer_syntax_uid: str
     path: str
     size: int
+    study_instance_uid: str = ""
 
 
 # Clauses -----------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def find_archive_records(session: Session, q: ArchiveQuery, *, counts: bool = Fa
 def find_stored_instances(session: Session, q: ArchiveQuery) -> list[StoredInstance]:
     """Every instance at or below the entities ``q`` selects (the sub-operations of a C-MOVE or C-GET)."""
     stmt = (select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.path,
-                   Instance.size)
+                   Instance.size, Study.study_instance_uid)
             .join(Instance.series).join(Series.study)
             .where(*_clauses(q, q.level))
             .order_by(Study.id, Series.id, Instance.id))

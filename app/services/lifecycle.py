@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from app.commands import Cause
 from app.errors import Conflict
 from app.models import ProcedureState as S
-from app.models import ProcedureStep, ProcedureTransition, RequestedProcedure
+from app.models import ProcedureStep, ProcedureTransition, RequestedProcedure, StepStatus
 from app.rows import children_changed, insert_rows
 from app.services import outbox
 
@@ -119,6 +119,17 @@ def report(session: Session, procedure: RequestedProcedure, before: S | None, ca
     payload.update(event="procedure", procedure=procedure.requested_procedure_id,
                    procedure_state=procedure.state.value, previous_state=before.value if before else "")
     return outbox.enqueue(session, outbox.ORDER_STATUS, payload, cause, order=order)
+
+
+def set_step_status(session: Session, step: ProcedureStep, status: StepStatus, cause: Cause) -> None:
+    """Change a scheduled step's status and report the change (outbox kind ``step.status``, for the destinations
+    that take it): the one place an ORM change of a step's status is made. (Core writes of step statuses, an
+    order's cancellation and the housekeeping jobs' claims, are reported by the order's or procedure's move.)"""
+    previous = step.status
+    if previous is status:
+        return
+    step.status = status
+    outbox.step_status_changed(session, step, previous, cause)
 
 
 def begin(session: Session, procedure: RequestedProcedure, cause: Cause) -> ProcedureTransition:

@@ -56,8 +56,12 @@ _SET_STEP_STATUS = update(_S).where(_S.c.id == bindparam("id")).values(status=bi
 _SET_STATE = update(_RP).where(_RP.c.id == bindparam("id")).values(state=bindparam("state"))
 _RELEASE = update(_APPT).where(_APPT.c.step_fk == bindparam("id"),
                                _APPT.c.status == AppointmentStatus.BOOKED).values(status=AppointmentStatus.CANCELLED)
-_WAITING = select(_STUDY.c.id).where(_STUDY.c.link_status == LinkStatus.UNMATCHED, or_(
-    _STUDY.c.accession_number == bindparam("accession"), _STUDY.c.study_instance_uid == bindparam("uid"))).limit(1)
+# A study waiting for this order (app.services.archive.link_waiting_studies says which and links them)
+_WAITING = select(_STUDY.c.id).where(
+    _STUDY.c.link_status.in_((LinkStatus.UNMATCHED, LinkStatus.AMBIGUOUS)), _STUDY.c.link_manual.is_(False), or_(
+        _STUDY.c.accession_number == bindparam("accession"),
+        _STUDY.c.study_instance_uid.in_(bindparam("uids", expanding=True)),
+        _STUDY.c.sps_id.in_(bindparam("sps", expanding=True)))).limit(1)
 
 @dataclass
 class OrderRecord:
@@ -147,11 +151,12 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
                    "values": {k: plain(v) for k, v in values.items()}})
     accession = values["accession_number"]
     record = OrderRecord(order_id, accession, OrderStatus.SCHEDULED, patient, patient.patient_id)
-    study_uids = []
+    study_uids, sps_ids = [], []
     for index, proc in enumerate(data.procedures, 1):
         default_rp = accession if index == 1 else f"{accession}.{index}"
         rp_id = proc.requested_procedure_id or default_rp[:16]
         study_uids.append(proc.study_instance_uid or derived_uid(uid_root, accession, rp_id))
+        sps_ids.extend(step.sps_id or rp_id for step in proc.steps)
         fields = {"order_fk": order_id, "requested_procedure_id": rp_id, "study_instance_uid": study_uids[-1],
                   **_procedure_fields(proc)}
         if not all(step.scheduled_start is not None for step in proc.steps):
@@ -175,7 +180,7 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
         lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED),   # reported once its steps exist
                                             (ProcedureState.ORDERED, ProcedureState.SCHEDULED)], cause)
         children_changed(session, Order, [order_id], "procedures")   # loaded by a booking above, if any
-    if any(read(session, _WAITING, {"accession": accession, "uid": uid}).first() for uid in study_uids):
+    if read(session, _WAITING, {"accession": accession, "uids": study_uids, "sps": sps_ids}).first():
         link_waiting_studies(session, session.get(Order, order_id))   # images that arrived before their order
     return record
 
@@ -289,7 +294,7 @@ def hold_order(session: Session, command: HoldOrder, cause: Cause) -> Order:
     for proc in order.procedures:
         for step in proc.steps:
             if step.status is before:
-                step.status = after
+                lifecycle.set_step_status(session, step, after, cause)
     order_status_changed(session, order, previous, cause)
     session.flush()
     return order

@@ -41,6 +41,7 @@ from app.models import Order, OrderStatus, OutboxMessage, OutboxStatus, Procedur
 
 ROUTES_KEY = "ris.outbox.routes"
 ORDER_STATUS = "order.status"        # kind: an order's status changed (IHE RAD-3 feedback to the HIS)
+STEP_STATUS = "step.status"          # kind: a scheduled procedure step's status changed (MPPS, reconciliation)
 
 # Order statuses that follow from the procedures' lifecycle: each procedure's transition is reported by
 # app.services.lifecycle.report, so the order's own change is not reported again (holding and releasing are).
@@ -105,6 +106,19 @@ def order_status_changed(session: Session, order: Order, previous: OrderStatus |
     if previous is order.status or order.status in PROCEDURE_REPORTED or not destinations_for(session, ORDER_STATUS):
         return []
     return enqueue(session, ORDER_STATUS, order_snapshot(order, previous, step), cause, order=order)
+
+
+def step_status_changed(session: Session, step: ProcedureStep, previous, cause: Cause) -> list[OutboxMessage]:
+    """Report a procedure step's status change (kind ``step.status``; nothing when unchanged): the order's
+    snapshot naming the step, with the step's new and previous status. Every change of every step is
+    reported, also when the order's own status stays the same (several steps, IHE RAD-3 "procedure status")."""
+    if previous is step.status or not destinations_for(session, STEP_STATUS):
+        return []
+    order = step.procedure.order
+    payload = order_snapshot(order, order.status, step)
+    payload["step_status"] = step.status.value
+    payload["previous_step_status"] = previous.value if previous is not None else ""
+    return enqueue(session, STEP_STATUS, payload, cause, order=order)
 
 
 def _iso(value: dt.datetime | dt.date | None) -> str:

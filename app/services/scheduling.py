@@ -246,7 +246,7 @@ def _code(step: ProcedureStep) -> str:
     return step.procedure.code_value if step.procedure is not None else ""
 
 
-def _place_step(step: ProcedureStep, resource: Resource, start: dt.datetime) -> None:
+def _place_step(session: Session, step: ProcedureStep, resource: Resource, start: dt.datetime, cause: Cause) -> None:
     step.scheduled_start = start
     if resource.station_name:
         step.station_name = resource.station_name
@@ -254,7 +254,7 @@ def _place_step(step: ProcedureStep, resource: Resource, start: dt.datetime) -> 
         step.stations.clear()
         step.stations.append(StepStation(ae_title=resource.ae_title))
     if step.status is StepStatus.UNSCHEDULED:
-        step.status = StepStatus.SCHEDULED
+        lifecycle.set_step_status(session, step, StepStatus.SCHEDULED, cause)
 
 
 def settle(session: Session, proc: RequestedProcedure | None, cause: Cause) -> bool:
@@ -293,7 +293,7 @@ def book(session: Session, step: ProcedureStep, resource: Resource, start: dt.da
             start=start, end=start + length, duration_minutes=length.total_seconds() / 60,
             resource=resource.name, location=clip(resource.station_name, 128), booked_resource=resource, step=step,
             status=AppointmentStatus.BOOKED)
-        _place_step(step, resource, start)
+        _place_step(session, step, resource, start, cause)
     session.add(appointment)
     settle(session, step.procedure, cause)
     order = step.procedure.order if step.procedure is not None else None
@@ -374,7 +374,7 @@ def apply_appointment(session: Session, appointment: Appointment, event: str, ca
         proc = step.procedure
         if proc.state in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
             lifecycle.check(proc, ProcedureState.ORDERED, action="cancel its appointment")
-        step.status = StepStatus.UNSCHEDULED
+        lifecycle.set_step_status(session, step, StepStatus.UNSCHEDULED, cause)
         if proc.state in (ProcedureState.SCHEDULED, ProcedureState.ARRIVED):
             lifecycle.transition(session, proc, ProcedureState.ORDERED, cause,
                                  note=f"appointment {appointment.filler_appointment_id or appointment.id} cancelled")
@@ -402,14 +402,14 @@ def apply_appointment(session: Session, appointment: Appointment, event: str, ca
             appointment.booked_resource, appointment.end = resource, start + length
             appointment.duration_minutes = length.total_seconds() / 60
             appointment.step = step
-            _place_step(step, resource, start)
+            _place_step(session, step, resource, start, cause)
     elif existing is not None and existing is not appointment:
         reschedule(session, existing.id, start, cause)
         appointment.step = step
     else:
         step.scheduled_start = start
         if step.status is StepStatus.UNSCHEDULED:
-            step.status = StepStatus.SCHEDULED
+            lifecycle.set_step_status(session, step, StepStatus.SCHEDULED, cause)
         appointment.step = step
     session.flush()
     settle(session, step.procedure, cause)
@@ -507,7 +507,7 @@ def reschedule(session: Session, appointment_id: int, start: dt.datetime, cause:
     appointment.booked_resource, appointment.resource = resource, resource.name
     appointment.duration_minutes = length.total_seconds() / 60
     if step is not None:
-        _place_step(step, resource, start)
+        _place_step(session, step, resource, start, cause)
     session.flush()
     return appointment
 
@@ -524,7 +524,7 @@ def cancel_booking(session: Session, appointment_id: int, cause: Cause) -> Appoi
         lifecycle.check(proc, ProcedureState.ORDERED, action="cancel its booking")
     appointment.status = AppointmentStatus.CANCELLED
     if step is not None:
-        step.status = StepStatus.UNSCHEDULED
+        lifecycle.set_step_status(session, step, StepStatus.UNSCHEDULED, cause)
     if proc is not None and proc.state is not ProcedureState.ORDERED:
         lifecycle.transition(session, proc, ProcedureState.ORDERED, cause, note=f"booking {appointment.id} cancelled")
     session.flush()

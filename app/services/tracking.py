@@ -5,7 +5,11 @@ status is refused); N-SET moves it to "COMPLETED" or "DISCONTINUED", after which
 be changed (F.7.2.2.2). The scheduled step it performs is found by its SPS ID (with the accession
 number when given), else by accession number, else by Study Instance UID; the step, and the order
 when all its steps are done, follow the performed step's status. Each change of the order's status
-is reported to the HIS through the outbox (IHE RAD-3), in the same transaction.
+(kind ``order.status``) and each change of a step's status (kind ``step.status``, also when the order's
+status stays the same) is reported to the HIS through the outbox (IHE RAD-3), in the same transaction.
+The Performed Series Sequence (PS3.3 C.4.17: series, protocol, referenced instances) is recorded as last
+sent. A performed step that names no known scheduled step is kept without one and can be linked to a step
+later (:func:`link_performed_step`, the reconciliation API), which then applies what it reported.
 
 The requested procedure follows too (app.services.lifecycle): the first performed step puts it
 IN_PROGRESS; when all its steps are final it is COMPLETED (at least one completed) or DISCONTINUED.
@@ -21,10 +25,10 @@ import datetime as dt
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.commands import Cause, PerformedStepData
+from app.commands import Cause, PerformedSeriesData, PerformedStepData
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (AppointmentStatus, Order, OrderStatus, PerformedStatus, PerformedStep, Patient, ProcedureState,
-                        ProcedureStep, RequestedProcedure, StepStatus, utcnow)
+from app.models import (AppointmentStatus, Order, OrderStatus, PerformedSeries, PerformedStatus, PerformedStep, Patient,
+                        ProcedureState, ProcedureStep, RequestedProcedure, StepStatus, utcnow)
 from app.services import lifecycle, scheduling
 
 FINAL_STEP = (StepStatus.COMPLETED, StepStatus.DISCONTINUED, StepStatus.CANCELLED)
@@ -78,20 +82,42 @@ def start_performed_step(session: Session, data: PerformedStepData) -> Performed
     if starts_proc:
         lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="start it (MPPS IN PROGRESS)")
     performed = PerformedStep(
-        sop_instance_uid=data.sop_instance_uid, status=status, step=step, station_aet=data.station_aet,
-        modality=data.modality, study_instance_uid=data.study_instance_uid,
-        accession_number=data.accession_number, started_at=data.started_at,
+        sop_instance_uid=data.sop_instance_uid, status=status, step=step, station_aet=data.station_aet[:16],
+        modality=data.modality[:16], study_instance_uid=data.study_instance_uid[:64],
+        accession_number=data.accession_number[:16], started_at=data.started_at, patient_id=data.patient_id[:64],
+        patient_name=data.patient_name[:324], sps_id=data.sps_id[:64], description=data.description[:64],
     )
     session.add(performed)
-    if step is not None and step.status not in FINAL_STEP:
-        step.status = StepStatus.IN_PROGRESS
-        order = step.procedure.order
-        if order.status == OrderStatus.SCHEDULED:
-            order.status = OrderStatus.IN_PROGRESS
-    if starts_proc:
+    _record_series(performed, data.series)
+    if step is not None:
+        _start_step(session, step, cause)
+    if starts_proc:   # after the step, so the report (app.services.lifecycle) shows it started
         lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause, step=step)
     session.flush()
     return performed
+
+
+def _start_step(session: Session, step: ProcedureStep, cause: Cause) -> None:
+    """A performed step started for ``step``: IN_PROGRESS (unless final), and its order too."""
+    if step.status in FINAL_STEP:
+        return
+    lifecycle.set_step_status(session, step, StepStatus.IN_PROGRESS, cause)
+    order = step.procedure.order
+    if order.status == OrderStatus.SCHEDULED:
+        order.status = OrderStatus.IN_PROGRESS   # reported with the procedure's move (app.services.lifecycle)
+
+
+def _record_series(performed: PerformedStep, series: tuple[PerformedSeriesData, ...] | None) -> None:
+    """The Performed Series Sequence (PS3.3 C.4.17) as last sent: N-SET replaces it (F.7.2.2: the SCU sends the
+    whole sequence); None (not in the request) keeps what is recorded."""
+    if series is None:
+        return
+    performed.series.clear()
+    for item in series:
+        performed.series.append(PerformedSeries(
+            series_instance_uid=item.series_instance_uid[:64], description=item.description[:64],
+            protocol_name=item.protocol_name[:64], retrieve_aet=item.retrieve_aet[:16],
+            operator=item.operator[:324], instances=[list(pair) for pair in item.instances]))
 
 
 def update_performed_step(session: Session, data: PerformedStepData) -> PerformedStep:
@@ -114,12 +140,65 @@ def update_performed_step(session: Session, data: PerformedStepData) -> Performe
     performed.status = new_status
     if data.ended_at is not None:
         performed.ended_at = data.ended_at
-    if step is not None and ends and step.status not in FINAL_STEP:
-        step.status = StepStatus.COMPLETED if new_status is PerformedStatus.COMPLETED else StepStatus.DISCONTINUED
-        _settle_order(step.procedure.order)
-        _settle_procedure(session, proc, _cause(performed), step=step)
+    _record_series(performed, data.series)
+    if step is not None and ends:
+        _end_step(session, step, new_status, _cause(performed))
     session.flush()
     return performed
+
+
+def _end_step(session: Session, step: ProcedureStep, performed_status: PerformedStatus, cause: Cause) -> None:
+    """A performed step of ``step`` ended: COMPLETED or DISCONTINUED (unless final); procedure and order follow."""
+    if step.status in FINAL_STEP:
+        return
+    done = performed_status is PerformedStatus.COMPLETED
+    lifecycle.set_step_status(session, step, StepStatus.COMPLETED if done else StepStatus.DISCONTINUED, cause)
+    _settle_order(step.procedure.order)
+    _settle_procedure(session, step.procedure, cause, step=step)
+
+
+def link_performed_step(session: Session, performed: PerformedStep, step: ProcedureStep, cause: Cause) -> PerformedStep:
+    """Reconciliation: attach a performed step recorded without a scheduled step (an MPPS for no worklist item,
+    IHE RAD TF-1 "unscheduled" / "abandoned" cases) to ``step``, and apply what it reported as if it had named
+    the step: IN PROGRESS starts the step, COMPLETED or DISCONTINUED also ends it. Conflict when it is linked
+    already or the step's procedure cannot take it (cancelled, discontinued)."""
+    if performed.step is not None:
+        raise Conflict(f"performed procedure step {performed.sop_instance_uid} is linked to step "
+                       f"{performed.step.sps_id} already", location="performed.sop_instance_uid")
+    proc = step.procedure
+    starts_proc = proc.state not in (ProcedureState.IN_PROGRESS, *lifecycle.PERFORMED)
+    if starts_proc:
+        lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="start it (linked MPPS)")
+    performed.step = step
+    _start_step(session, step, cause)
+    if starts_proc:
+        lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause, step=step)
+    if performed.status is not PerformedStatus.IN_PROGRESS:
+        _end_step(session, step, performed.status, cause)
+    session.flush()
+    return performed
+
+
+def complete_from_images(session: Session, proc: RequestedProcedure, steps: list[ProcedureStep],
+                         cause: Cause) -> None:
+    """A person linked a study to ``proc`` (reconciliation of images acquired without the worklist, BUG-05):
+    the procedure was performed. Its open ``steps`` are COMPLETED, the procedure COMPLETED and the order
+    settled, each change reported (outbox), as an MPPS COMPLETED would have done. Conflict, before anything
+    changes, when the procedure was cancelled or discontinued."""
+    if proc.state not in lifecycle.PERFORMED:
+        if proc.state is not ProcedureState.IN_PROGRESS:
+            lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="complete it with linked images")
+    order = proc.order
+    if proc.state not in (ProcedureState.IN_PROGRESS, *lifecycle.PERFORMED):
+        lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause, note="images linked")
+    for step in steps:
+        if step.status not in FINAL_STEP:
+            lifecycle.set_step_status(session, step, StepStatus.COMPLETED, cause)
+    if order.status in (OrderStatus.SCHEDULED, OrderStatus.HELD):
+        order.status = OrderStatus.IN_PROGRESS
+    _settle_order(order)
+    _settle_procedure(session, proc, cause, step=steps[0] if steps else None)
+    session.flush()
 
 
 def _settle_procedure(session: Session, proc: RequestedProcedure, cause: Cause, *,
@@ -166,7 +245,7 @@ def arrive(session: Session, proc: RequestedProcedure, cause: Cause, *, note: st
     lifecycle.check(proc, ProcedureState.ARRIVED, action="mark the patient arrived")
     for step in proc.steps:
         if step.status is StepStatus.SCHEDULED:
-            step.status = StepStatus.ARRIVED
+            lifecycle.set_step_status(session, step, StepStatus.ARRIVED, cause)
     lifecycle.transition(session, proc, ProcedureState.ARRIVED, cause, note=note)
     session.flush()
     return proc
@@ -180,7 +259,7 @@ def no_show(session: Session, proc: RequestedProcedure, cause: Cause, *, note: s
                        "SCHEDULED or ARRIVED procedure can be)", location="procedure.state")
     for step in proc.steps:
         if step.status in OPEN_STEPS:
-            step.status = StepStatus.UNSCHEDULED
+            lifecycle.set_step_status(session, step, StepStatus.UNSCHEDULED, cause)
     scheduling.release_bookings(session, proc.order, steps=proc.steps, status=AppointmentStatus.NOSHOW)
     lifecycle.transition(session, proc, ProcedureState.ORDERED, cause, note=note)
     session.flush()
@@ -193,7 +272,7 @@ def start(session: Session, proc: RequestedProcedure, cause: Cause) -> Requested
     lifecycle.check(proc, ProcedureState.IN_PROGRESS, action="start it")
     for step in proc.steps:
         if step.status in OPEN_STEPS:
-            step.status = StepStatus.IN_PROGRESS
+            lifecycle.set_step_status(session, step, StepStatus.IN_PROGRESS, cause)
     if proc.order.status is OrderStatus.SCHEDULED:
         proc.order.status = OrderStatus.IN_PROGRESS
     lifecycle.transition(session, proc, ProcedureState.IN_PROGRESS, cause)
@@ -209,7 +288,7 @@ def complete(session: Session, proc: RequestedProcedure, cause: Cause) -> Reques
                        "PROGRESS can be)", location="procedure.state")
     for step in proc.steps:
         if step.status in (StepStatus.IN_PROGRESS, StepStatus.STARTED, *OPEN_STEPS):
-            step.status = StepStatus.COMPLETED
+            lifecycle.set_step_status(session, step, StepStatus.COMPLETED, cause)
     _settle_order(proc.order)
     _settle_procedure(session, proc, cause)
     session.flush()

@@ -8,8 +8,8 @@ the Failed SOP Sequence with a Failure Reason (interfaces.dicom.statuses: 0112 w
 archived with another SOP Class).
 
 An instance is committed only when it is durably stored: indexed, and its file present with the indexed size
-(app.services.archive.check_commitment; files are fsynced before they are indexed). The report is evaluated when
-it is sent, after the N-ACTION response.
+(app.services.archive.check_commitment; C-STORE answers success only once both are durable). The report is
+evaluated when it is sent, after the N-ACTION response.
 
 Where the report goes (J.3.3): on the same association when it is still open (and no release or abort is
 pending :data:`RELEASE_GRACE` after the N-ACTION response) and the requester answers it with Success within

@@ -7,6 +7,11 @@ ScheduledProcedureStepID, StudyInstanceUID; PerformedStationAETitle, Modality, s
 calls app.services.tracking in one unit of work per request. The status answering each outcome is chosen in
 interfaces.dicom.statuses.
 
+The Performed Series Sequence (0040,0340; PS3.3 C.4.17) is recorded from N-CREATE and from every N-SET that
+carries it (the SCU sends the whole sequence each time): per series its UID, description, protocol name,
+retrieve AE title, operator and the referenced image and non-image instances. A performed step that names no
+known scheduled step is recorded with the patient and identifiers it gave, for reconciliation.
+
 When the Scheduled Step Attributes Sequence has several items (one performed step for several scheduled
 steps, IHE "group case"), the first item that names a known scheduled step is used (any item may match,
 BUG-26); the core links a performed step to one scheduled step.
@@ -20,7 +25,7 @@ import logging
 
 from pydicom.dataset import Dataset
 
-from app.commands import PerformedStepData
+from app.commands import PerformedSeriesData, PerformedStepData
 from app.db import unit_of_work
 from app.errors import InvalidInput
 from app.services.tracking import find_scheduled_step, start_performed_step, update_performed_step
@@ -67,6 +72,7 @@ def handle_n_set(event, session_factory, settings) -> tuple:
             sop_instance_uid=sop_uid,
             status=_text(mods, "PerformedProcedureStepStatus"),
             ended_at=_datetime(mods, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"),
+            series=performed_series(mods),
         )
         with unit_of_work(session_factory) as session:
             performed = update_performed_step(session, data)
@@ -93,7 +99,40 @@ def _performed_data(sop_uid: str, attrs: Dataset, scheduled: Dataset) -> Perform
         requested_procedure_id=_text(scheduled, "RequestedProcedureID"),
         sps_id=_text(scheduled, "ScheduledProcedureStepID"),
         started_at=_datetime(attrs, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+        patient_id=_text(attrs, "PatientID"),
+        patient_name=_text(attrs, "PatientName"),
+        description=_text(attrs, "PerformedProcedureStepDescription"),
+        series=performed_series(attrs) or (),
     )
+
+
+def performed_series(ds: Dataset) -> tuple[PerformedSeriesData, ...] | None:
+    """The Performed Series Sequence of an N-CREATE or N-SET (None when the request does not carry it).
+
+    InvalidInput for an item without its Series Instance UID (type 1, PS3.3 C.4.17) or a referenced instance
+    without its SOP Class / Instance UID."""
+    if "PerformedSeriesSequence" not in ds:
+        return None
+    series = []
+    for item in ds.PerformedSeriesSequence or []:
+        uid = _text(item, "SeriesInstanceUID")
+        if not uid:
+            raise InvalidInput("a Performed Series Sequence item lacks its SeriesInstanceUID (0020,000E)",
+                               location="PerformedSeriesSequence", missing=True)
+        instances = []
+        for keyword in ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence"):
+            for ref in item.get(keyword) or []:
+                sop_class, sop_uid = _text(ref, "ReferencedSOPClassUID"), _text(ref, "ReferencedSOPInstanceUID")
+                if not sop_class or not sop_uid:
+                    raise InvalidInput(f"a {keyword} item of series {uid} lacks its Referenced SOP Class or "
+                                       "Instance UID", location="PerformedSeriesSequence", missing=True)
+                instances.append((sop_class, sop_uid))
+        series.append(PerformedSeriesData(
+            series_instance_uid=uid, description=_text(item, "SeriesDescription"),
+            protocol_name=_text(item, "ProtocolName"), retrieve_aet=_text(item, "RetrieveAETitle"),
+            operator=_text(item, "OperatorsName") or _text(item, "PerformingPhysicianName"),
+            instances=tuple(instances)))
+    return tuple(series)
 
 
 def _datetime(ds: Dataset, date_keyword: str, time_keyword: str) -> dt.datetime | None:

@@ -44,6 +44,16 @@ def known_aes(entries: tuple[str, ...]) -> dict[str, KnownAE]:
     return table
 
 
+def forward_nodes(settings) -> list[KnownAE]:
+    """The known AEs setting dicom_forward names (instances are forwarded to them); SettingsError for a title that
+    is not a known AE (its address would be unknown)."""
+    known = known_aes(settings.dicom_known_aes)
+    missing = [aet for aet in settings.dicom_forward if aet not in known]
+    if missing:
+        raise SettingsError(f"RIS_DICOM_FORWARD: {', '.join(missing)} not in RIS_DICOM_KNOWN_AES (AET=host:port)")
+    return [known[aet] for aet in settings.dicom_forward]
+
+
 def set_tcp_nodelay(event) -> None:
     """EVT_CONN_OPEN: disable Nagle's algorithm on the new association's socket."""
     try:

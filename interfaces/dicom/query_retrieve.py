@@ -19,7 +19,9 @@ C-MOVE sends them on a new association to the Move Destination, which must be a 
 dicom_known_aes, interfaces.dicom.network); an unknown destination is answered A801. C-GET sends them on the
 same association (the SCU proposes the storage contexts with SCP role, PS3.4 C.4.3.1 and PS3.7 D.3.3.4).
 Each instance is read from its file; a file that is gone or unreadable is one failed sub-operation (its SOP
-Instance UID in the Failed SOP Instance UID List). The final response counts completed, failed and warning
+Instance UID in the Failed SOP Instance UID List). With the setting dicom_coerce_on_retrieve (default on) each
+leaves with the patient and order attributes of the archive index (after a merge or a manual link; originals in
+the Original Attributes Sequence, interfaces.dicom.coercion): files stay as received. The final response counts completed, failed and warning
 sub-operations; pynetdicom sends it (Success, B000 when some failed, A702 when all failed).
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Iterator
 
 from pydicom import dcmread
@@ -49,8 +52,9 @@ from app.errors import InvalidInput
 from app.queries.archive import ArchiveQuery, ArchiveRecord, Level, StoredInstance, find_archive_records, \
     find_stored_instances
 from app.queries.worklist import DateTimeRange, Text
+from app.services.archive import StudyAttributes, study_attributes
 from app.storage import ArchiveStore
-from interfaces.dicom import statuses
+from interfaces.dicom import coercion, statuses
 from interfaces.dicom.matching import check_identifier, parse_date, parse_time, single, text_key, uid_list, \
     value_range
 from interfaces.dicom.network import KnownAE, set_tcp_nodelay
@@ -226,10 +230,21 @@ def handle_find(event, read_factory, settings) -> Iterator[tuple]:
     yield statuses.SUCCESS, None
 
 
-def _instances_to_retrieve(event, read_factory) -> list[StoredInstance]:
+@dataclass
+class Retrieval:
+    """The instances a retrieve sends and, with coercion on retrieve, what the index says of their studies."""
+
+    instances: list[StoredInstance]
+    attributes: dict[str, StudyAttributes]
+
+
+def _instances_to_retrieve(event, read_factory, settings) -> Retrieval:
     query = query_from_identifier(event.identifier, event.request.AffectedSOPClassUID, retrieve=True)
     with unit_of_work(read_factory) as session:
-        return find_stored_instances(session, query)
+        instances = find_stored_instances(session, query)
+        attributes = (study_attributes(session, sorted({i.study_instance_uid for i in instances}))
+                      if settings.dicom_coerce_on_retrieve else {})
+    return Retrieval(instances, attributes)
 
 
 def retrieve_contexts(instances: list[StoredInstance]) -> list:
@@ -247,11 +262,17 @@ def retrieve_contexts(instances: list[StoredInstance]) -> list:
     return contexts[:MAX_CONTEXTS]
 
 
-def load_instance(store: ArchiveStore, inst: StoredInstance) -> Dataset:
-    """The archived data set of ``inst``; when its file cannot be read, a data set holding only its UIDs and
-    no transfer syntax, which pynetdicom cannot send: it counts a failed sub-operation and lists the UID."""
+def load_instance(store: ArchiveStore, inst: StoredInstance, wanted: StudyAttributes | None = None,
+                  system: str = "") -> Dataset:
+    """The archived data set of ``inst``, coerced to ``wanted`` (what the index says of its study, when coercion on
+    retrieve is on; interfaces.dicom.coercion, reason CORRECT); when its file cannot be read, a data set holding
+    only its UIDs and no transfer syntax, which pynetdicom cannot send: it counts a failed sub-operation and lists
+    the UID."""
     try:
-        return dcmread(store.absolute(inst.path))
+        ds = dcmread(store.absolute(inst.path))
+        if wanted is not None:
+            coercion.coerce(ds, wanted, reason=coercion.CORRECT, system=system)
+        return ds
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one failed sub-operation
         log.error("archived file of %s cannot be read: %s", inst.sop_instance_uid, exc)
         stub = Dataset()
@@ -260,7 +281,7 @@ def load_instance(store: ArchiveStore, inst: StoredInstance) -> Dataset:
         return stub
 
 
-def handle_move(event, read_factory, store: ArchiveStore, destinations: dict[str, KnownAE]) -> Iterator:
+def handle_move(event, read_factory, store: ArchiveStore, destinations: dict[str, KnownAE], settings) -> Iterator:
     """EVT_C_MOVE (PS3.4 C.4.2.3): destination address, number of sub-operations, then one data set each."""
     destination = destinations.get(str(event.move_destination or "").strip())
     if destination is None:
@@ -268,10 +289,11 @@ def handle_move(event, read_factory, store: ArchiveStore, destinations: dict[str
         yield None, None                                    # pynetdicom answers A801
         return
     try:
-        instances = _instances_to_retrieve(event, read_factory)
+        retrieval = _instances_to_retrieve(event, read_factory, settings)
         error = None
     except Exception as exc:  # noqa: BLE001
-        instances, error = [], exc
+        retrieval, error = Retrieval([], {}), exc
+    instances = retrieval.instances
     # pynetdicom opens the destination association before it takes a status: an invalid Identifier costs one
     # (empty) association, the price of answering A900 rather than a bare Cxxx.
     contexts = retrieve_contexts(instances) or [build_context(Verification)]
@@ -281,37 +303,38 @@ def handle_move(event, read_factory, store: ArchiveStore, destinations: dict[str
         yield 1
         yield statuses.from_error(error, statuses.C_MOVE), None
         return
-    yield len(instances)
-    for inst in instances:
+    yield from _sub_operations(event, store, retrieval, settings)
+
+
+def _sub_operations(event, store: ArchiveStore, retrieval: Retrieval, settings) -> Iterator:
+    yield len(retrieval.instances)
+    for inst in retrieval.instances:
         if event.is_cancelled:
             yield statuses.CANCEL, None
             return
-        yield statuses.PENDING, load_instance(store, inst)
+        yield statuses.PENDING, load_instance(store, inst, retrieval.attributes.get(inst.study_instance_uid),
+                                              settings.dicom_aet)
 
 
-def handle_get(event, read_factory, store: ArchiveStore) -> Iterator:
+def handle_get(event, read_factory, store: ArchiveStore, settings) -> Iterator:
     """EVT_C_GET (PS3.4 C.4.3.3): number of sub-operations, then one data set each, on this association."""
     try:
-        instances = _instances_to_retrieve(event, read_factory)
+        retrieval = _instances_to_retrieve(event, read_factory, settings)
     except Exception as exc:  # noqa: BLE001
         yield 1
         yield statuses.from_error(exc, statuses.C_GET), None
         return
-    yield len(instances)
-    for inst in instances:
-        if event.is_cancelled:
-            yield statuses.CANCEL, None
-            return
-        yield statuses.PENDING, load_instance(store, inst)
+    yield from _sub_operations(event, store, retrieval, settings)
 
 
 def bind_find(read_factory, settings):
     return functools.partial(handle_find, read_factory=read_factory, settings=settings)
 
 
-def bind_move(read_factory, store: ArchiveStore, destinations: dict[str, KnownAE]):
-    return functools.partial(handle_move, read_factory=read_factory, store=store, destinations=destinations)
+def bind_move(read_factory, store: ArchiveStore, destinations: dict[str, KnownAE], settings):
+    return functools.partial(handle_move, read_factory=read_factory, store=store, destinations=destinations,
+                             settings=settings)
 
 
-def bind_get(read_factory, store: ArchiveStore):
-    return functools.partial(handle_get, read_factory=read_factory, store=store)
+def bind_get(read_factory, store: ArchiveStore, settings):
+    return functools.partial(handle_get, read_factory=read_factory, store=store, settings=settings)

@@ -24,6 +24,10 @@ odd numbers 1-255, PS3.8 9.3.2.2), so it binds the SCU, not us. We therefore sup
 with the same list of transfer syntaxes (:data:`STORAGE_TRANSFER_SYNTAXES`). Compressed syntaxes cost nothing:
 the storage handler writes the bytes as received and decodes no pixel data.
 
+pynetdicom reads a PDU in one go and its two polling loops per association are woken when there is work instead of
+after their next 1 ms sleep (interfaces.dicom.pynetdicom_tuning); the largest PDU we accept is
+:data:`MAXIMUM_PDU_SIZE`, so a C-STORE costs a few PDUs instead of dozens.
+
 Every association socket gets TCP_NODELAY (pynetdicom never sets it; without it small DIMSE messages wait for
 delayed ACKs - about 20 stores/s instead of 140). It is set in the EVT_CONN_OPEN handler on
 ``event.assoc.dul.socket.socket`` (the accepted ``socket.socket`` inside pynetdicom's AssociationSocket), and on
@@ -45,11 +49,13 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from app.services.archive import ResentPolicy
+from app.group_commit import GroupCommitter
+from app.services import archive
+from app.services.archive import AccessionStudies, ResentPolicy
 from app.storage import ArchiveStore
 from config.settings import SettingsError
-from interfaces.dicom import commitment, mpps, query_retrieve, sending, statuses, storage, worklist
-from interfaces.dicom.network import bind_caller_check, known_aes, set_tcp_nodelay
+from interfaces.dicom import commitment, mpps, pynetdicom_tuning, query_retrieve, sending, statuses, storage, worklist
+from interfaces.dicom.network import bind_caller_check, forward_nodes, known_aes, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,9 @@ STORAGE_TRANSFER_SYNTAXES = [
     uid.RLELossless,
 ]
 
+# Largest P-DATA PDU we accept (A-ASSOCIATE-AC Maximum Length, PS3.8 D.3.3.1): a sender's PDUs are cut to it. At
+# pynetdicom's default (16 kB) a 512 kB image takes 32 PDUs, each decoded in Python; 256 kB costs 2-3.
+MAXIMUM_PDU_SIZE = 262144
 ACSE_TIMEOUT = 30.0       # seconds to wait for association messages
 DIMSE_TIMEOUT = 60.0      # seconds to wait for a DIMSE message once an operation started
 NETWORK_TIMEOUT = 120.0   # an association silent this long is aborted (each costs two polling threads)
@@ -133,8 +142,18 @@ class DicomServer:
         except ValueError:
             raise SettingsError(f"RIS_DICOM_RESENT_INSTANCE={settings.dicom_resent_instance!r}: "
                                 f"one of {', '.join(p.value for p in ResentPolicy)}") from None
+        try:
+            archive.configure(session_factory, AccessionStudies(settings.dicom_accession_studies))
+        except ValueError:
+            raise SettingsError(f"RIS_DICOM_ACCESSION_STUDIES={settings.dicom_accession_studies!r}: one of "
+                                f"{', '.join(p.value for p in AccessionStudies)}") from None
+        self.known_forwards = tuple(node.ae_title for node in forward_nodes(settings))
+        self.store = store
+        self.session_factory = session_factory
+        self.committer = GroupCommitter(session_factory, name="dicom-group-commit")
         self.ae = AE(ae_title=settings.dicom_aet)
         self.ae.maximum_associations = settings.dicom_max_associations
+        self.ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
         self.ae.acse_timeout = ACSE_TIMEOUT
         self.ae.dimse_timeout = DIMSE_TIMEOUT
         self.ae.network_timeout = NETWORK_TIMEOUT
@@ -148,17 +167,23 @@ class DicomServer:
             self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES,
                                           scu_role=True, scp_role=True)
         self.commitment = commitment.CommitmentReporter(self.ae, settings, read_factory, store, self.known_aes)
+        pynetdicom_tuning.install()
         self.handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, pynetdicom_tuning.attach),
+            (evt.EVT_CONN_CLOSE, pynetdicom_tuning.detach),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_FIND, route_find(worklist.bind(read_factory, settings),
                                         query_retrieve.bind_find(read_factory, settings))),
-            (evt.EVT_C_MOVE, query_retrieve.bind_move(read_factory, store, self.known_aes)),
-            (evt.EVT_C_GET, query_retrieve.bind_get(read_factory, store)),
+            (evt.EVT_C_MOVE, query_retrieve.bind_move(read_factory, store, self.known_aes, settings)),
+            (evt.EVT_C_GET, query_retrieve.bind_get(read_factory, store, settings)),
             (evt.EVT_N_CREATE, mpps.bind_create(session_factory, settings)),
             (evt.EVT_N_SET, mpps.bind_set(session_factory, settings)),
             (evt.EVT_N_ACTION, commitment.bind(self.commitment)),
-            (evt.EVT_C_STORE, storage.bind(session_factory, read_factory, store, policy)),
+            (evt.EVT_C_STORE, storage.bind(storage.StorageContext(
+                session_factory=session_factory, read_factory=read_factory, store=store, policy=policy,
+                committer=self.committer, forward_to=self.known_forwards,
+                coerce_on_store=settings.dicom_coerce_on_store, aet=settings.dicom_aet))),
         ]
         if settings.dicom_check_callers:
             self.handlers.append((evt.EVT_REQUESTED, bind_caller_check(self.known_aes)))
@@ -168,6 +193,7 @@ class DicomServer:
         """Listen in background threads (returns at once)."""
         if self._server is not None:
             raise RuntimeError("DICOM server already started")
+        self.committer.start()
         self._server = self.ae.start_server((self.settings.host, self.settings.dicom_port), block=False,
                                             evt_handlers=self.handlers)
         self._server.contexts = ContextsCopiedCheaply(self._server.contexts)
@@ -195,6 +221,7 @@ class DicomServer:
                         self.settings.dicom_aet, len(server.active_associations), grace)
         self.ae.shutdown()
         self.commitment.shutdown()
+        self.committer.stop()
         log.info("DICOM AE %s stopped", self.settings.dicom_aet)
 
     def __enter__(self) -> "DicomServer":

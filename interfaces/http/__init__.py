@@ -11,6 +11,7 @@ from interfaces.http.procedures_api import procedures_api
 from interfaces.http.scheduling_api import scheduling_api
 from interfaces.http.problems import register_problem_handlers
 from interfaces.inputs import RecordIdConverter, refuse_nul_characters
+from interfaces.http.reconciliation_api import reconciliation_api
 
 
 def create_app(settings, session_factory, read_factory, *, blueprints=(), services=None) -> Flask:
@@ -32,6 +33,7 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     app.register_blueprint(outbox_api)
     app.register_blueprint(procedures_api)
     app.register_blueprint(scheduling_api)
+    app.register_blueprint(reconciliation_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

@@ -23,9 +23,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import unit_of_work
 from app.models import OutboxStatus
 from app.services import outbox
+from app.storage import ArchiveStore
 from config.settings import Settings
+from interfaces.dicom.network import forward_nodes
 from interfaces.outbound.channel import Channel, DeliveryError, PermanentError, TransientError
+from interfaces.outbound.dicom import DicomStoreChannel
 from interfaces.outbound.mllp import HL7MLLPChannel
+
 
 log = logging.getLogger("interfaces.outbound")
 
@@ -116,7 +120,8 @@ class Dispatcher:
 
 # Wiring (used by the composition root) -----------------------------------------------------------
 def route_destinations(settings: Settings, session_factory: sessionmaker[Session]) -> None:
-    """Make the sessions of ``session_factory`` write outbox rows for every enabled destination of each kind."""
+    """Make the sessions of ``session_factory`` write outbox rows for every enabled destination of each kind
+    (forwarding rows name their DICOM destinations themselves, interfaces.dicom.storage)."""
     routes: dict[str, list[str]] = {}
     for destination in settings.destinations:
         if destination.enabled:
@@ -126,12 +131,24 @@ def route_destinations(settings: Settings, session_factory: sessionmaker[Session
 
 
 def build_dispatcher(settings: Settings, session_factory: sessionmaker[Session]) -> Dispatcher | None:
-    """The dispatcher for the enabled destinations of ``settings``; None when there is none."""
-    channels = [HL7MLLPChannel(d, application=settings.hl7_application, facility=settings.hl7_facility,
-                               timeout=settings.outbox_timeout, zone=settings.site_timezone)
-                for d in settings.destinations if d.enabled]
+    """The dispatcher for the enabled destinations of ``settings`` and its DICOM forwarding nodes; None when there
+    is none."""
+    channels: list[Channel] = [HL7MLLPChannel(d, application=settings.hl7_application,
+                                              facility=settings.hl7_facility, timeout=settings.outbox_timeout,
+                                              zone=settings.site_timezone)
+                               for d in settings.destinations if d.enabled]
+    channels += forwarding_channels(settings, session_factory)
     if not channels:
         return None
     return Dispatcher(session_factory, channels, timeout=settings.outbox_timeout,
                       max_attempts=settings.outbox_max_attempts, backoff_s=settings.outbox_backoff_seconds,
                       backoff_max_s=settings.outbox_backoff_max_seconds)
+
+
+def forwarding_channels(settings: Settings, session_factory: sessionmaker[Session]) -> list[Channel]:
+    """One C-STORE channel per node of setting dicom_forward (interfaces.outbound.dicom)."""
+    nodes = forward_nodes(settings)
+    store = ArchiveStore(settings.archive_path)
+    return [DicomStoreChannel(node, calling_aet=settings.dicom_aet, store=store, read_factory=session_factory,
+                              coerce_on_retrieve=settings.dicom_coerce_on_retrieve, timeout=settings.outbox_timeout)
+            for node in nodes]

@@ -1,8 +1,9 @@
 """HL7 v2 over MLLP to one destination (the HIS, IHE RAD-3): one persistent connection, ACK correlation.
 
-Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination) for
-kind ``order.status``, the ORU^R01 of a signed report for kind ``report``, the application ACK the intake built
-(enhanced mode) for kind ``hl7.application_ack``, with MSH-10 the row's message id;
+Rendering: the order status message of :mod:`interfaces.hl7.writer` (ORM^O01 or OMG^O19 per destination) for the
+kinds ``order.status`` and ``step.status`` (a step's change: the order's message whose OBR-20 names the step), the
+ORU^R01 of a signed report for kind ``report``, the application ACK the intake built (enhanced mode) for kind
+``hl7.application_ack``, with MSH-10 the row's message id;
 MSH-10 = the outbox row's stable ``message_id``, MSH-5/MSH-6 the destination's application and facility (default:
 the order's sender, MSH-3/MSH-4 of the message that placed it), MSH-7 now in the site's zone.
 
@@ -21,7 +22,7 @@ import logging
 import ssl
 from zoneinfo import ZoneInfo
 
-from app.services.outbox import ORDER_STATUS
+from app.services.outbox import ORDER_STATUS, STEP_STATUS
 from interfaces.hl7.ack import APPLICATION_ACK
 from interfaces.hl7.charsets import encode_text
 from app.services.reports import REPORT
@@ -51,7 +52,7 @@ class HL7MLLPChannel:
     def render(self, kind: str, payload: dict, message_id: str) -> bytes:
         if kind == APPLICATION_ACK:
             return self._application_ack(payload, message_id)
-        if kind not in (ORDER_STATUS, REPORT):
+        if kind not in (ORDER_STATUS, STEP_STATUS, REPORT):   # step.status: the order's message naming the step
             raise PermanentError(f"destination {self.name} (HL7 over MLLP) cannot send {kind!r} messages")
         sender = (payload.get("sender") or "").split("^")
         header = Header(

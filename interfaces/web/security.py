@@ -42,7 +42,7 @@ from interfaces.web.forms import Form
 log = logging.getLogger("interfaces.web")
 
 _API_AREAS = (("/api/messages", "messages"), ("/api/mappings", "messages"), ("/api/outbox", "messages"),
-              ("/api/", "patients"), ("/fhir/", "patients"))
+              ("/api/", "patients"), ("/fhir/", "patients"), ("/dicomweb/", "images"))
 _OPEN_PATHS = ("/health", "/fhir/metadata")
 _UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 MAX_FAILED_LOGINS = 10                 # per username within LOCKOUT: then sign-in is refused until they age out

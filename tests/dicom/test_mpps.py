@@ -175,3 +175,170 @@ def test_scp_assigns_instance_uid(assoc, order, session_factory, settings):
         (performed,) = session.scalars(select(PerformedStep)).all()
         assert performed.sop_instance_uid.startswith(settings.uid_root + ".")
         assert performed.status is PerformedStatus.IN_PROGRESS
+
+
+# Performed series, step status changes in the outbox, MPPS without a worklist item ---------------------------------
+def series_item(uid: str, *images: str, description: str = "AXIAL", protocol: str = "HEAD ROUTINE") -> Dataset:
+    item = Dataset()
+    item.SeriesInstanceUID = uid
+    item.SeriesDescription = description
+    item.ProtocolName = protocol
+    item.RetrieveAETitle = "RIS"
+    item.OperatorsName = "TECH^TOM"
+    item.PerformingPhysicianName = ""
+    refs = []
+    for sop_uid in images:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ref.ReferencedSOPInstanceUID = sop_uid
+        refs.append(ref)
+    item.ReferencedImageSequence = Sequence(refs)
+    item.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
+    return item
+
+
+def recorded_series(session_factory, sop_uid: str) -> list[tuple]:
+    with unit_of_work(session_factory) as session:
+        performed = session.scalars(select(PerformedStep).where(PerformedStep.sop_instance_uid == sop_uid)).one()
+        return [(s.series_instance_uid, s.description, s.protocol_name, s.retrieve_aet, s.operator,
+                 [tuple(i) for i in s.instances]) for s in performed.series]
+
+
+def test_performed_series_are_recorded_and_replaced_by_n_set(assoc, order, session_factory):
+    uid = generate_uid()
+    attrs = create_attrs()
+    attrs.PerformedSeriesSequence = Sequence([series_item("1.2.3.1", "1.2.3.1.1")])
+    assert assoc.send_n_create(attrs, MPPS, uid)[0].Status == statuses.SUCCESS
+    assert recorded_series(session_factory, uid) == [
+        ("1.2.3.1", "AXIAL", "HEAD ROUTINE", "RIS", "TECH^TOM", [("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1.1")])]
+    done = set_attrs("COMPLETED")
+    done.PerformedSeriesSequence = Sequence([series_item("1.2.3.1", "1.2.3.1.1", "1.2.3.1.2"),
+                                             series_item("1.2.3.2", "1.2.3.2.1", description="CORONAL")])
+    assert assoc.send_n_set(done, MPPS, uid)[0].Status == statuses.SUCCESS
+    assert [(s[0], s[1], len(s[5])) for s in recorded_series(session_factory, uid)] == [
+        ("1.2.3.1", "AXIAL", 2), ("1.2.3.2", "CORONAL", 1)]
+
+
+def test_performed_series_without_its_uid_is_refused(assoc, order, session_factory):
+    attrs = create_attrs()
+    broken = series_item("1.2.3.9")
+    del broken.SeriesInstanceUID
+    attrs.PerformedSeriesSequence = Sequence([broken])
+    status, _ = assoc.send_n_create(attrs, MPPS, generate_uid())
+    assert status.Status == statuses.MISSING_ATTRIBUTE and "SeriesInstanceUID" in status.ErrorComment
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(PerformedStep)).all() == []
+
+
+@pytest.fixture
+def two_step_order(session_factory, settings):
+    from app.commands import Cause, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
+    from app.services.dispatch import apply_command
+
+    steps = tuple(StepData(sps_id=f"SPS-2{n}", modality="CT", scheduled_start=dt.datetime(2024, 3, 12, 9, 30 + n))
+                  for n in (1, 2))
+    command = PlaceOrder(patient=PatientData(patient_id="P-2", name="TWO^STEPS"), order=OrderData(
+        ref=OrderRef(placer_order_number="PL-2"), accession_number="ACC-2",
+        procedures=(ProcedureData(requested_procedure_id="RP-2", study_instance_uid="1.2.826.0.1.3680043.10.999.2",
+                                  steps=steps),)))
+    with unit_of_work(session_factory) as session:
+        apply_command(session, command, Cause("test"), uid_root=settings.uid_root)
+
+
+@pytest.fixture
+def routed(session_factory):
+    from app.services.outbox import ORDER_STATUS, STEP_STATUS, route
+
+    route(session_factory, {ORDER_STATUS: ["his"], STEP_STATUS: ["his"]})
+
+
+def outbox_rows(session_factory) -> list[tuple]:
+    from app.models import OutboxMessage
+
+    def moved(payload: dict, name: str) -> tuple[str, str]:   # step.status: the step's; order.status: the procedure's
+        return payload[f"previous_{name}"], payload[name] if name != "state" else payload["procedure_state"]
+
+    with unit_of_work(session_factory) as session:
+        return [(m.kind, m.payload["step_id"], *moved(m.payload, "step_status" if m.kind == "step.status" else "state"),
+                 m.cause_kind) for m in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+
+
+def test_every_step_status_change_goes_to_the_outbox(routed, assoc, two_step_order, session_factory):
+    first, second = generate_uid(), generate_uid()
+    for uid, sps_id in ((first, "SPS-21"), (second, "SPS-22")):
+        attrs = create_attrs(accession="ACC-2", sps_id=sps_id)
+        attrs.ScheduledStepAttributesSequence[0].StudyInstanceUID = "1.2.826.0.1.3680043.10.999.2"
+        attrs.ScheduledStepAttributesSequence[0].RequestedProcedureID = "RP-2"
+        assert assoc.send_n_create(attrs, MPPS, uid)[0].Status == statuses.SUCCESS
+    assert assoc.send_n_set(set_attrs("COMPLETED"), MPPS, first)[0].Status == statuses.SUCCESS
+    assert assoc.send_n_set(set_attrs("DISCONTINUED"), MPPS, second)[0].Status == statuses.SUCCESS
+    assert outbox_rows(session_factory) == [
+        ("order.status", "", "ORDERED", "SCHEDULED", "test"),               # placed: the procedure is scheduled
+        ("step.status", "SPS-21", "SCHEDULED", "IN_PROGRESS", "mpps"),
+        ("order.status", "SPS-21", "SCHEDULED", "IN_PROGRESS", "mpps"),     # the procedure moved (IHE RAD-3)
+        ("step.status", "SPS-22", "SCHEDULED", "IN_PROGRESS", "mpps"),      # the procedure's state did not change
+        ("step.status", "SPS-21", "IN_PROGRESS", "COMPLETED", "mpps"),
+        ("step.status", "SPS-22", "IN_PROGRESS", "DISCONTINUED", "mpps"),
+        ("order.status", "SPS-22", "IN_PROGRESS", "COMPLETED", "mpps"),     # its last step ended; one completed
+    ]
+
+
+@pytest.fixture
+def client(settings, session_factory, read_factory):
+    from interfaces.runtime import build_wsgi_app
+
+    app = build_wsgi_app(settings, session_factory, read_factory)
+    app.testing = True
+    return app.test_client()
+
+
+def unknown_item_attrs() -> Dataset:
+    """An MPPS for no worklist item (the technologist typed the patient in): no identifier of ours."""
+    attrs = create_attrs(accession="", sps_id="")
+    item = attrs.ScheduledStepAttributesSequence[0]
+    item.StudyInstanceUID = "1.2.3.4.5.6.7"
+    item.RequestedProcedureID = ""
+    return attrs
+
+
+@pytest.mark.parametrize("link_when", ["in progress", "completed"])
+def test_mpps_without_worklist_item_is_linked_later(routed, assoc, order, client, session_factory, link_when):
+    uid = generate_uid()
+    assert assoc.send_n_create(unknown_item_attrs(), MPPS, uid)[0].Status == statuses.SUCCESS
+    if link_when == "completed":
+        assert assoc.send_n_set(set_attrs("COMPLETED"), MPPS, uid)[0].Status == statuses.SUCCESS
+    assert state(session_factory, uid)[1:] == (StepStatus.SCHEDULED, OrderStatus.SCHEDULED)
+
+    [waiting] = client.get("/api/reconciliation/performed-steps").json["performed_steps"]
+    assert (waiting["sop_instance_uid"], waiting["patient_id"], waiting["modality"]) == (uid, "P-1", "CT")
+    [candidate] = waiting["candidates"]
+    assert (candidate["accession_number"], candidate["sps_id"], candidate["linkable"]) == ("ACC-1", "SPS-1", True)
+    assert "same patient P-1" in candidate["reasons"] and "modality CT matches step SPS-1" in candidate["reasons"]
+
+    response = client.post(f"/api/reconciliation/performed-steps/{uid}/link",
+                           json={"step_id": candidate["step_id"], "reason": "patient typed in at the console"})
+    assert response.status_code == 200, response.json
+    assert response.json["step_sps_id"] == "SPS-1"
+    if link_when == "in progress":
+        assert state(session_factory, uid)[1:] == (StepStatus.IN_PROGRESS, OrderStatus.IN_PROGRESS)
+        assert assoc.send_n_set(set_attrs("COMPLETED"), MPPS, uid)[0].Status == statuses.SUCCESS
+    assert state(session_factory, uid)[1:] == (StepStatus.COMPLETED, OrderStatus.COMPLETED)
+    assert client.get("/api/reconciliation/performed-steps").json["count"] == 0
+    assert [row[:1] + row[3:] for row in outbox_rows(session_factory)] == [
+        ("order.status", "SCHEDULED", "test"),
+        ("step.status", "IN_PROGRESS", "user"), ("order.status", "IN_PROGRESS", "user"),       # the link
+        ("step.status", "COMPLETED", "mpps" if link_when == "in progress" else "user"),
+        ("order.status", "COMPLETED", "mpps" if link_when == "in progress" else "user")]
+    again = client.post(f"/api/reconciliation/performed-steps/{uid}/link", json={"step_id": candidate["step_id"]})
+    assert again.status_code == 409 and "already" in again.json["detail"]
+
+
+def test_mpps_is_never_linked_to_another_patients_step(assoc, client, place, session_factory):
+    place("ACC-9", patient_id="P-9", sps_id="SPS-9")
+    uid = generate_uid()
+    assert assoc.send_n_create(unknown_item_attrs(), MPPS, uid)[0].Status == statuses.SUCCESS
+    response = client.post(f"/api/reconciliation/performed-steps/{uid}/link",
+                           json={"sps_id": "SPS-9", "accession_number": "ACC-9"})
+    assert response.status_code == 409 and "another patient" in response.json["detail"]
+    with unit_of_work(session_factory) as session:
+        assert session.scalars(select(PerformedStep.step_fk)).one() is None

@@ -141,7 +141,7 @@ def test_unreadable_data_set_is_refused(server, session_factory, store, tmp_path
 
 
 def test_index_failure_removes_the_file(server, session_factory, store, monkeypatch):
-    def broken_index(session, data):
+    def broken_index(session, data, found=None):
         raise RuntimeError("index down")
 
     monkeypatch.setattr("interfaces.dicom.storage.index_instance", broken_index)

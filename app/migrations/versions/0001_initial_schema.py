@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 07:14:31.955978
+Create Date: 2026-12-04 07:27:31.359958
 """
 from alembic import op
 import sqlalchemy as sa
@@ -274,9 +274,13 @@ def upgrade() -> None:
     sa.Column('study_date', sa.String(length=8), nullable=False),
     sa.Column('study_time', sa.String(length=16), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=False),
+    sa.Column('requested_procedure_id', sa.String(length=64), nullable=False),
+    sa.Column('sps_id', sa.String(length=64), nullable=False),
     sa.Column('order_fk', sa.Integer(), nullable=True),
-    sa.Column('link_status', sa.Enum('LINKED', 'UNMATCHED', name='linkstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('link_status', sa.Enum('LINKED', 'UNMATCHED', 'AMBIGUOUS', name='linkstatus', native_enum=False, length=24), nullable=False),
     sa.Column('link_reason', sa.String(length=255), nullable=False),
+    sa.Column('link_manual', sa.Boolean(), nullable=False),
+    sa.Column('received', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
@@ -288,6 +292,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_studies_date', ['study_date', 'study_time'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_order_fk'), ['order_fk'], unique=False)
         batch_op.create_index('ix_studies_patient', ['patient_id', 'issuer'], unique=False)
+        batch_op.create_index(batch_op.f('ix_studies_sps_id'), ['sps_id'], unique=False)
 
     op.create_table('procedure_steps',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -435,6 +440,10 @@ def upgrade() -> None:
     sa.Column('ended_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('patient_id', sa.String(length=64), nullable=False),
+    sa.Column('patient_name', sa.String(length=324), nullable=False),
+    sa.Column('sps_id', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['step_fk'], ['procedure_steps.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sop_instance_uid')
@@ -453,9 +462,30 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_step_stations_ae_title'), ['ae_title'], unique=False)
         batch_op.create_index(batch_op.f('ix_step_stations_step_fk'), ['step_fk'], unique=False)
 
+    op.create_table('performed_series',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('performed_fk', sa.Integer(), nullable=False),
+    sa.Column('series_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.String(length=64), nullable=False),
+    sa.Column('protocol_name', sa.String(length=64), nullable=False),
+    sa.Column('retrieve_aet', sa.String(length=16), nullable=False),
+    sa.Column('operator', sa.String(length=324), nullable=False),
+    sa.Column('instances', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['performed_fk'], ['performed_steps.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('performed_series', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_performed_series_performed_fk'), ['performed_fk'], unique=False)
+        batch_op.create_index(batch_op.f('ix_performed_series_series_instance_uid'), ['series_instance_uid'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('performed_series', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_performed_series_series_instance_uid'))
+        batch_op.drop_index(batch_op.f('ix_performed_series_performed_fk'))
+
+    op.drop_table('performed_series')
     with op.batch_alter_table('step_stations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_step_stations_step_fk'))
         batch_op.drop_index(batch_op.f('ix_step_stations_ae_title'))
@@ -503,6 +533,7 @@ def downgrade() -> None:
 
     op.drop_table('procedure_steps')
     with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_studies_sps_id'))
         batch_op.drop_index('ix_studies_patient')
         batch_op.drop_index(batch_op.f('ix_studies_order_fk'))
         batch_op.drop_index('ix_studies_date')
