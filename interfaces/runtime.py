@@ -27,7 +27,7 @@ from interfaces.http import create_app
 from interfaces.mllp.server import MLLPServer
 from interfaces.outbound.dispatcher import build_dispatcher, route_destinations
 from interfaces.scheduler.jobs import make_scheduler
-from interfaces.mapping_tools import mapping_test
+from interfaces.mapping_tools import compare_candidates, mapping_test, worklist_preview
 from interfaces.web import web
 from mappings.profile import ProfileSet
 
@@ -42,7 +42,9 @@ def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL
     return create_app(settings, session_factory, read_factory, blueprints=[fhir, web],
                       services={"reprocess_message": intake.reprocess,
                                 "describe_mappings": intake.profiles.describe,
-                                "test_mapping": functools.partial(mapping_test, intake, settings)})
+                                "test_mapping": functools.partial(mapping_test, intake, settings),
+                                "preview_worklist": functools.partial(worklist_preview, read_factory, settings),
+                                "compare_mappings": functools.partial(compare_candidates, settings, session_factory)})
 
 
 def load_profiles(settings: Settings) -> ProfileSet:

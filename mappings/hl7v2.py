@@ -20,15 +20,17 @@ tokenizer's Message is one.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from app.commands import (AppointmentData, CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef,
-                          PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
-                          RecordVisit, RegisterPatient, StepData, UpdateOrder, VisitData)
+from app.commands import (AppointmentData, CancelOrder, ChangePatientId, CodeData, HoldOrder, MergePatient, OrderData,
+                          OrderRef, PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
+                          RecordVisit, RegisterPatient, SetStepStatus, StepData, UpdateOrder, VisitData)
 from app.errors import InvalidInput, UnknownCode, Unsupported
 from mappings.paths import FieldPath
-from mappings.profile import APPOINTMENT_ACTIONS, VISIT_ACTIONS, FieldSpec, IdentifierPolicy, Profile, Source
-from mappings.transforms import HL7_NULL, TRANSFORMS, Context
+from mappings.profile import (APPOINTMENT_ACTIONS, VISIT_ACTIONS, FieldSpec, IdentifierPolicy, Profile, ProfileError,
+                              Source)
+from mappings.transforms import FROM_TEXT, HL7_NULL, TRANSFORMS, Context
 
 # Report text: the OBX value types that hold text (HL7 table 0125), and the DICOM code of the
 # OBX that carries the Study Instance UID (IHE RAD TF-2 "DICOM Study" 113014^DCM).
@@ -90,6 +92,32 @@ def _occurrence(msg, segment: str, k: int, at: dict[str, int]) -> int:
     return at.get(segment) or (k if _count(msg, segment) >= k else 1)
 
 
+def header_sender(raw: bytes) -> tuple[str, str]:
+    """MSH-3.1 and MSH-4.1 (sending application and facility) read from the bytes before they are decoded: the
+    header is ASCII in every character set HL7 allows (HL7 v2.5.1 2.15.9.18); ('', '') without an MSH."""
+    data = raw.lstrip(b" \t\r\n\x00\x0b\x1c")
+    start = 0 if data.startswith(b"MSH") else min((i + 1 for i in (data.find(b"\rMSH"), data.find(b"\nMSH")) if i >= 0),
+                                                 default=-1)
+    if start < 0 or len(data) < start + 8:
+        return "", ""
+    line = data[start:].split(b"\r", 1)[0].split(b"\n", 1)[0]
+    fields = line.split(line[3:4])
+    component = fields[1][:1] if len(fields) > 1 and fields[1][:1] else b"^"
+    part = lambda n: fields[n].split(component, 1)[0].decode("ascii", "replace").strip() if len(fields) > n else ""  # noqa: E731
+    return part(2), part(3)
+
+
+def charset_policy(profiles, raw: bytes, default: str, mismatch: str, profile: Profile | None = None) -> tuple[str, str]:
+    """(codec for a message without MSH-18, mismatch policy) for ``raw``: those of ``profile``, else of its sender's
+    profile (``charset:``), else ``default`` and ``mismatch`` (the settings)."""
+    if profile is None:
+        try:
+            profile = profiles.for_sender(*header_sender(raw))
+        except ProfileError:
+            return default, mismatch
+    return profile.charset_policy(default, mismatch)
+
+
 def sender_of(msg) -> str:
     """MSH-3 ^ MSH-4 (sending application and facility namespace ids, HL7 v2.5.1 2.15.9.3-4)."""
     return f"{msg.sending_application}^{msg.sending_facility}"
@@ -123,34 +151,41 @@ class Mapper:
         for source in spec.sources:
             p = source.path
             occ = _occurrence(msg, p.segment, k, at)
-            if p.rep is None:
-                values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
-                values = [v for v in values if v and v != HL7_NULL]
+            if p.rep is None:   # every repetition, each read as a single value would be (regex, table, transform)
+                values = []
+                for rep in range(1, len(msg.values(p.segment, p.field, 1, 1, occ)) + 1):
+                    one = self._one(dataclasses.replace(source, path=dataclasses.replace(p, rep=rep)), spec, msg,
+                                    ctx, k, at, occ)
+                    values.extend(one if isinstance(one, tuple) else [] if one in (None, "", HL7_NULL) else [one])
                 if values:
-                    return tuple(values), p.location
+                    return tuple(dict.fromkeys(values)), p.location
                 continue
-            if kind == "field":
-                value = fn(msg, p, occ, ctx)
-                if value:
-                    return value, p.location
-                continue
-            raw = self._raw(source, msg, k, at)
-            if not raw:
-                continue
-            if raw == HL7_NULL:
+            value = self._one(source, spec, msg, ctx, k, at, occ)
+            if value == HL7_NULL:
                 return HL7_NULL, p.location
-            if source.table:
-                raw = self.lookup(source, raw)
-                if raw is None:
-                    continue
-            value = fn(raw, ctx)
             if value not in (None, ""):
                 return value, p.location
         if spec.default is not None:
-            value = spec.default if kind == "field" else fn(spec.default, ctx)
+            value = fn(spec.default, ctx) if kind != "field" else \
+                FROM_TEXT[spec.transform](spec.default, ctx) if spec.transform in FROM_TEXT else spec.default
             if value not in (None, ""):
                 return value, None
         return None, None
+
+    def _one(self, source: Source, spec: FieldSpec, msg, ctx: Context, k: int, at: dict[str, int], occ: int):
+        """The value one source (of one repetition) gives: the field read by a field transform, or its text
+        narrowed by the regex, looked up in the table and read by the transform; None when it has none."""
+        kind, fn = TRANSFORMS[spec.transform]
+        if kind == "field" and not source.table:
+            return fn(msg, source.path, occ, ctx) or None
+        raw = self._raw(source, msg, k, at)
+        if not raw or raw == HL7_NULL:
+            return raw or None
+        if source.table:
+            raw = self.lookup(source, raw)
+            if raw is None:
+                return None
+        return FROM_TEXT[spec.transform](raw, ctx) if kind == "field" else fn(raw, ctx)
 
     @staticmethod
     def _raw(source: Source, msg, k: int, at: dict[str, int]) -> str:
@@ -217,6 +252,7 @@ class Mapper:
     # Commands ----------------------------------------------------------------------------
     def commands(self, msg, ctx: Context) -> MappingResult:
         mtype = message_type(msg)
+        ctx.names = self.profile.person_names
         action = self.profile.messages.get(mtype)
         if action is None:
             if not msg.message_code:
@@ -337,6 +373,9 @@ class Mapper:
             raise Unsupported(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
                               f"{known})", location="order.control")
         ref = self.order_ref(msg, ctx)
+        step_status = self.profile.step_status(control, self.text("order.status", msg, ctx))
+        if action == "status" and step_status:
+            return MappingResult([SetStepStatus(ref, step_status)], action)
         if action == "status":
             status = self.text("order.status", msg, ctx)
             action = self.profile.status_changes.get(status)
@@ -360,7 +399,7 @@ class Mapper:
         )
         patient = self.patient(msg, ctx)
         cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
-        return MappingResult([cmd], action)
+        return MappingResult([cmd, *([SetStepStatus(ref, step_status)] if step_status else [])], action)
 
     def step(self, msg, ctx: Context, k: int, at: dict[str, int], code: str = "") -> StepData:
         aets = self.read("step.station_aets", msg, ctx, k, at)
@@ -380,7 +419,16 @@ class Mapper:
             station_name=station_name,
             description=self.text("step.description", msg, ctx, k, at),
             performing_physician=self.text("step.performing_physician", msg, ctx, k, at),
+            expected_duration_minutes=self.read("step.expected_duration", msg, ctx, k, at),
+            protocol_codes=self.codes("step.protocol_codes", msg, ctx, k, at),
         )
+
+    def codes(self, key: str, msg, ctx: Context, k: int, at: dict[str, int]) -> tuple[CodeData, ...]:
+        """The codes of ``key`` (one, or several from a [*] source or a table cell)."""
+        value = self.read(key, msg, ctx, k, at)
+        if isinstance(value, CodeData):
+            return (value,)
+        return tuple(v for v in value if isinstance(v, CodeData)) if isinstance(value, tuple) else ()
 
     def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
         """The k-th OBR's requested procedure; one step per IPC segment of its group (OMI^O23,
@@ -398,4 +446,5 @@ class Mapper:
             description=self.text("procedure.description", msg, ctx, k),
             priority=self.text("procedure.priority", msg, ctx, k),
             steps=steps,
+            body_part=self.text("procedure.body_part", msg, ctx, k),
         )

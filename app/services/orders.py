@@ -19,7 +19,7 @@ from app.changes import note
 from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (Appointment, AppointmentStatus, LinkStatus, Order, OrderStatus, Patient, ProcedureState,
-                        ProcedureStep, RequestedProcedure, StepStation, StepStatus, Study)
+                        ProcedureStep, RequestedProcedure, StepProtocolCode, StepStation, StepStatus, Study)
 from app.rows import changed, insert_row, insert_rows, plain, read, run, run_many, update_row
 from app.services import lifecycle, scheduling
 from app.services.archive import link_waiting_studies
@@ -37,6 +37,7 @@ _P = Patient.__table__
 _RP = RequestedProcedure.__table__
 _S = ProcedureStep.__table__
 _ST = StepStation.__table__
+_PC = StepProtocolCode.__table__
 _STUDY = Study.__table__
 _APPT = Appointment.__table__
 
@@ -157,7 +158,8 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
             "order_fk": order_id, "requested_procedure_id": rp_id, "study_instance_uid": study_uids[-1],
             "code_value": clip(proc.code_value, 64), "code_scheme": clip(proc.code_scheme, 64),
             "code_meaning": clip(proc.code_meaning, 128), "description": clip(proc.description, 64),
-            "priority": clip(proc.priority, 16), "state": ProcedureState.SCHEDULED if timed else ProcedureState.ORDERED})
+            "priority": clip(proc.priority, 16), "body_part": clip(proc.body_part, 16),
+            "state": ProcedureState.SCHEDULED if timed else ProcedureState.ORDERED})
         record.procedure_ids.append(proc_id)
         lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED)]
                          + ([(ProcedureState.ORDERED, ProcedureState.SCHEDULED)] if timed else []), cause)
@@ -170,6 +172,7 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
                                                "scheduled_start": booking[1] if booking else step.scheduled_start,
                                                **_step_fields(step)})
             insert_rows(session, _ST, [{"step_fk": step_id, "ae_title": aet} for aet in _stations(step)])
+            insert_rows(session, _PC, [{"step_fk": step_id, **codes} for codes in _protocol_codes(step)])
             if booking is not None:
                 scheduling.book(session, session.get(ProcedureStep, step_id), booking[0], booking[1], cause)
     if any(read(session, _WAITING, {"accession": accession, "uid": uid}).first() for uid in study_uids):
@@ -208,7 +211,7 @@ def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_ro
             continue
         proc.code_value, proc.code_scheme = clip(proc_data.code_value, 64), clip(proc_data.code_scheme, 64)
         proc.code_meaning, proc.description = clip(proc_data.code_meaning, 128), clip(proc_data.description, 64)
-        proc.priority = clip(proc_data.priority, 16)
+        proc.priority, proc.body_part = clip(proc_data.priority, 16), clip(proc_data.body_part, 16)
         for step_index, step_data in enumerate(proc_data.steps):
             step = _match_step(proc, step_data.sps_id, step_index)
             if step is None:
@@ -369,7 +372,7 @@ def _new_procedure(order: Order, data: ProcedureData, uid_root: str) -> Requeste
     proc = RequestedProcedure(
         requested_procedure_id=rp_id, study_instance_uid=study_uid, code_value=clip(data.code_value, 64),
         code_scheme=clip(data.code_scheme, 64), code_meaning=clip(data.code_meaning, 128),
-        description=clip(data.description, 64), priority=clip(data.priority, 16),
+        description=clip(data.description, 64), priority=clip(data.priority, 16), body_part=clip(data.body_part, 16),
     )
     for step_data in data.steps:
         proc.steps.append(_new_step(step_data, rp_id))
@@ -392,11 +395,19 @@ def _step_fields(data) -> dict:
     """The columns of a step that the order sets (its time apart: none means "book a slot" or "keep it")."""
     _require_modality(data)
     return {"modality": data.modality, "station_name": clip(data.station_name, 16),
-            "description": clip(data.description, 64), "performing_physician": clip(data.performing_physician, 324)}
+            "description": clip(data.description, 64), "performing_physician": clip(data.performing_physician, 324),
+            "expected_duration_minutes": data.expected_duration_minutes}
 
 
 def _stations(data) -> list[str]:
     return list(dict.fromkeys(a for a in data.station_aets if a))
+
+
+def _protocol_codes(data) -> list[dict]:
+    """The step's Scheduled Protocol Code Sequence items as rows (each code once, in the order given)."""
+    codes = dict.fromkeys((clip(c.value, 64), clip(c.scheme, 64), clip(c.meaning, 128)) for c in data.protocol_codes
+                          if c.value)
+    return [{"code_value": v, "code_scheme": s, "code_meaning": m} for v, s, m in codes]
 
 
 def _write_step_fields(step: ProcedureStep, data) -> None:
@@ -408,6 +419,11 @@ def _write_step_fields(step: ProcedureStep, data) -> None:
     if [s.ae_title for s in step.stations] != wanted:
         step.stations.clear()
         step.stations.extend(StepStation(ae_title=aet) for aet in wanted)
+    codes = _protocol_codes(data)
+    if [{"code_value": c.code_value, "code_scheme": c.code_scheme, "code_meaning": c.code_meaning}
+            for c in step.protocol_codes] != codes:
+        step.protocol_codes.clear()
+        step.protocol_codes.extend(StepProtocolCode(**row) for row in codes)
 
 
 def _match_procedure(order: Order, data: ProcedureData, index: int) -> RequestedProcedure | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Flask
 
 from interfaces.http.api import api
+from interfaces.http.mappings_api import mappings_api
 from interfaces.http.outbox_api import outbox_api
 from interfaces.http.problems import register_problem_handlers
 
@@ -23,6 +24,7 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     register_problem_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(outbox_api)
+    app.register_blueprint(mappings_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

@@ -95,7 +95,7 @@ def test_test_of_a_stored_message_with_another_profile(env, settings, session_fa
 
 def test_test_needs_a_file_or_a_message_id(env, capsys):
     assert main(["mapping", "test"]) == 2
-    assert "give a message FILE or --message-id N" in capsys.readouterr().err
+    assert "give a message FILE, or a stored message's id" in capsys.readouterr().err
     assert main(["mapping", "test", "--message-id", "999"]) == 2
     assert "no message 999" in capsys.readouterr().err
 
