@@ -31,11 +31,11 @@ from zoneinfo import ZoneInfo
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from sqlalchemy import select
+from sqlalchemy import String, cast, literal, select, update
 
 from app.db import unit_of_work
 from app.errors import InvalidInput, NotFound, Unsupported
-from app.models import InboundMessage, MessageStatus
+from app.models import InboundMessage, MessageStatus, Order
 from app.queries.orders import message_query
 from config.settings import Settings
 from interfaces.dicom import worklist as dicom_worklist
@@ -89,11 +89,36 @@ def worklist_datasets(trial: Trial, settings: Settings) -> tuple[list[Dataset], 
     return datasets, [f"worklist: {w.message}" for w in caught]
 
 
+class _SetAside:
+    """A session factory whose sessions begin by setting aside the orders a stored message placed itself (in the
+    dry run's transaction, rolled back with it): they get other keys, so that the message, applied again, does not
+    meet its own order ("already exists") and shows what it does, not that it was done."""
+
+    def __init__(self, factory, message_id: int):
+        self.factory, self.message_id = factory, message_id
+
+    def __call__(self):
+        session = self.factory()
+        aside = literal("~", String) + cast(Order.id, String)
+        session.execute(update(Order).where(Order.source_message_fk == self.message_id)
+                        .values(placer_order_number=aside, filler_order_number="", accession_number=aside))
+        return session
+
+
+def replay(intake: HL7Intake, message_id: int, profile_name: str | None = None) -> Trial:
+    """The dry run of the stored message ``message_id`` (:meth:`HL7Intake.trial`), with the orders it placed set aside
+    (:class:`_SetAside`): what it would do now, with these profiles."""
+    return HL7Intake(intake.settings, _SetAside(intake.factory, message_id), intake.profiles).trial(
+        message_id=message_id, profile_name=profile_name)
+
+
 def mapping_test(intake: HL7Intake, settings: Settings, *, raw: bytes | None = None, message_id: int | None = None,
                  profile_name: str | None = None) -> dict:
     """What one message would do (nothing is kept): the parsed fields with their HL7 names, the
-    chosen profile and its version, the domain commands, the worklist items and the ACK."""
-    trial = intake.trial(raw, message_id=message_id, profile_name=profile_name)
+    chosen profile and its version, the domain commands, the worklist items and the ACK. A stored message is
+    replayed with the orders it placed itself set aside (:func:`replay`)."""
+    trial = intake.trial(raw, profile_name=profile_name) if message_id is None else \
+        replay(intake, message_id, profile_name)
     result = trial.result
     fields, parse_error = [], ""
     try:
@@ -271,7 +296,7 @@ def _renamed(value, names: dict[str, str]):
 def _side(intake: HL7Intake, settings: Settings, message_id: int) -> dict:
     """One message through one side's profiles: what it would do (ACK code, error, commands, worklist items)."""
     try:
-        trial = intake.trial(message_id=message_id)
+        trial = replay(intake, message_id)
     except Unsupported as exc:       # a batch: its messages are stored (and compared) one by one
         return {"profile": None, "ack_code": "", "error": exc.message, "commands": [], "worklist": []}
     datasets, _ = worklist_datasets(trial, settings)
