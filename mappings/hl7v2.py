@@ -94,14 +94,16 @@ def _occurrence(msg, segment: str, k: int, at: dict[str, int]) -> int:
 
 def header_sender(raw: bytes) -> tuple[str, str]:
     """MSH-3.1 and MSH-4.1 (sending application and facility) read from the bytes before they are decoded: the
-    header is ASCII in every character set HL7 allows (HL7 v2.5.1 2.15.9.18); ('', '') without an MSH."""
-    data = raw.lstrip(b" \t\r\n\x00\x0b\x1c")
-    start = 0 if data.startswith(b"MSH") else min((i + 1 for i in (data.find(b"\rMSH"), data.find(b"\nMSH")) if i >= 0),
-                                                 default=-1)
-    if start < 0 or len(data) < start + 8:
+    header is ASCII in every character set HL7 allows (HL7 v2.5.1 2.15.9.18); ('', '') without an MSH. Runs on
+    every message: it reads the header line only."""
+    start = raw.find(b"MSH")
+    if start > 0 and raw[start - 1] not in b" \t\r\n\x00\x0b\x1c":     # a batch: the first MSH of a line
+        found = [i + 1 for i in (raw.find(b"\rMSH"), raw.find(b"\nMSH")) if i >= 0]
+        start = min(found) if found else -1
+    if start < 0 or len(raw) < start + 8:
         return "", ""
-    line = data[start:].split(b"\r", 1)[0].split(b"\n", 1)[0]
-    fields = line.split(line[3:4])
+    ends = [i for i in (raw.find(b"\r", start, start + 4096), raw.find(b"\n", start, start + 4096)) if i >= 0]
+    fields = raw[start:min(ends) if ends else start + 4096].split(raw[start + 3:start + 4], 4)
     component = fields[1][:1] if len(fields) > 1 and fields[1][:1] else b"^"
     part = lambda n: fields[n].split(component, 1)[0].decode("ascii", "replace").strip() if len(fields) > n else ""  # noqa: E731
     return part(2), part(3)

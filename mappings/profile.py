@@ -807,6 +807,7 @@ class ProfileSet:
         self._signature: tuple = ()
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._chosen: dict[tuple[str, str], Profile] = {}   # (MSH-3, MSH-4) -> profile, until the next reload
         self.reload()
         if strict and self.problems:
             raise self.problems[0]
@@ -840,7 +841,7 @@ class ProfileSet:
                     log.info("mapping profile %s loaded from %s", profile.label, profile.file)
             for problem in problems:
                 log.error("mapping profile refused: %s", problem)
-            self.profiles, self.problems = profiles, problems
+            self.profiles, self.problems, self._chosen = profiles, problems, {}
             self._signature, self._checked = signature, time.monotonic()
             return problems
 
@@ -910,14 +911,20 @@ class ProfileSet:
     def for_sender(self, application: str, facility: str) -> Profile:
         """The profile that serves MSH-3 ``application`` / MSH-4 ``facility``: the one whose
         sender entry matches most specifically (application and facility before either alone),
-        else the default."""
+        else the default. Remembered per sender until the folder changes (it is asked twice per message)."""
         self.refresh()
+        chosen = self._chosen.get((application, facility))
+        if chosen is not None:
+            return chosen
         best, score = None, 0
         for profile in self.profiles.values():
             for sender in profile.senders:
                 if sender.matches(application, facility) and sender.specificity > score:
                     best, score = profile, sender.specificity
-        return best or self.get(self.default)
+        best = best or self.get(self.default)
+        if len(self._chosen) < 10_000:     # senders are few; a flood of invented ones is not kept
+            self._chosen[(application, facility)] = best
+        return best
 
     def describe(self) -> dict:
         """What is loaded and what was refused (for GET /api/mappings and ``ris mapping check``)."""

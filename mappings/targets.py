@@ -171,7 +171,7 @@ def problem(key: str, text: str) -> str | None:
                 written = CODE_SEPARATOR.join((value, meaning, scheme)).rstrip(CODE_SEPARATOR)
                 return (f"{written!r}: a code needs its value, meaning and coding scheme: VALUE^MEANING^SCHEME "
                         f"(Code Value, Code Meaning and Coding Scheme Designator are Type 1, PS3.3 8.8)")
-            for part, vr, what in ((value, "LO", "code value"), (scheme, "SH", "coding scheme designator"),
+            for part, vr, what in ((value, "SH", "code value"), (scheme, "SH", "coding scheme designator"),
                                    (meaning, "LO", "code meaning")):
                 found = _text_problem(part, vr)
                 if found:

@@ -238,3 +238,16 @@ def test_the_mismatch_policy_is_the_senders(shipped, session_factory, app, name)
            f"PID|1||NW-4723^^^NWH^MR||M\u00dcLLER^ANNA||19880808|F\r").encode("utf-8")
     assert ack_code(shipped.handle(raw)) == "AA"
     assert patient_name(session_factory) == name
+
+
+@pytest.mark.parametrize("raw, sender", [
+    (b"MSH|^~\\&|NORTHWIND|NORTH|RIS|RAD|2026\rPID|1\r", ("NORTHWIND", "NORTH")),
+    (b"\x0bMSH|^~\\&|APP^1.2^ISO|FAC^3.4^ISO|RIS\n", ("APP", "FAC")),             # MLLP start, LF, HD components
+    (b"FHS|^~\\&|X\rBHS|^~\\&|Y\rMSH|^~\\&|BAPP|BFAC|R\r", ("BAPP", "BFAC")),    # a batch: its first message
+    (b"MSH#*~\\&#APP#FAC#R\r", ("APP", "FAC")),                                  # the sender's own delimiters
+    (b"not hl7 at all", ("", "")),
+])
+def test_the_sender_is_read_from_the_bytes_before_decoding(raw, sender):
+    from mappings.hl7v2 import header_sender
+
+    assert header_sender(raw) == sender

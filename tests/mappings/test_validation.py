@@ -127,6 +127,7 @@ def test_a_table_cell_is_checked_against_every_value_that_reads_it():
     ("protocol: P1", "a code needs its value, meaning and coding scheme: VALUE^MEANING^SCHEME"),
     ("protocol: 'P1^Routine^99X~P2^Thin slices'", "'P2^Thin slices': a code needs"),
     ("protocol: 'P1^Routine^SCHEME_LONGER_THAN_16'", "coding scheme designator 'SCHEME_LONGER_THAN_16'"),
+    ("protocol: 'PROTOCOL-CODE-0017^Routine^99X'", "code value 'PROTOCOL-CODE-0017' is 18 characters long; SH allows"),
 ])
 def test_new_capability_columns_are_checked_against_their_attribute(cell, words):
     column = cell.split(":")[0]
