@@ -23,6 +23,15 @@ class PatientData:
 
 
 @dataclass(frozen=True)
+class CodeData:
+    """A coded entry (DICOM PS3.3 8.8 code sequence item; HL7 CE/CWE identifier, text, coding system)."""
+
+    value: str
+    scheme: str = ""
+    meaning: str = ""
+
+
+@dataclass(frozen=True)
 class StepData:
     sps_id: str
     modality: str
@@ -31,6 +40,8 @@ class StepData:
     station_name: str = ""
     description: str = ""
     performing_physician: str = ""
+    expected_duration_minutes: float | None = None    # the step's end is its start plus this
+    protocol_codes: tuple[CodeData, ...] = ()         # Scheduled Protocol Code Sequence (0040,0008)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class ProcedureData:
     description: str = ""
     priority: str = ""
     steps: tuple[StepData, ...] = ()
+    body_part: str = ""                               # Body Part Examined (0018,0015), a DICOM CS defined term
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,16 @@ class CancelOrder:
     ref: OrderRef
     discontinue: bool = False
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SetStepStatus:
+    """Set the Scheduled Procedure Step Status (0040,0020) of the order's open steps (those not yet performed):
+    SCHEDULED, HELD, ARRIVED or READY, as a mapping profile's step_statuses table says for an order control
+    and order status (ORC-1 / ORC-5)."""
+
+    ref: OrderRef
+    status: str
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,7 @@ class RequestedProcedure(Base):
     # for, as the client sent them (contained resources, notes, references into them; interfaces.fhir);
     # None for a procedure never written over FHIR.
     fhir_elements: Mapped[Optional[dict]] = mapped_column(JSON)
+    body_part: Mapped[str] = mapped_column(String(16), nullable=False, default="", server_default="")  # (0018,0015)
 
     order: Mapped[Order] = relationship(back_populates="procedures")
     transitions: Mapped[list["ProcedureTransition"]] = relationship(
@@ -264,11 +265,16 @@ class ProcedureStep(Base):
     description: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     performing_physician: Mapped[pn]
     status: Mapped[StepStatus] = mapped_column(_enum(StepStatus), nullable=False, default=StepStatus.SCHEDULED)
+    # minutes the step is expected to take: its end (0040,0004)/(0040,0005) is the start plus this
+    expected_duration_minutes: Mapped[Optional[float]] = mapped_column(Float)
     updated_at: Mapped[updated]
 
     procedure: Mapped[RequestedProcedure] = relationship(back_populates="steps")
     stations: Mapped[list["StepStation"]] = relationship(
         back_populates="step", cascade="all, delete-orphan", order_by="StepStation.id"
+    )
+    protocol_codes: Mapped[list["StepProtocolCode"]] = relationship(
+        back_populates="step", cascade="all, delete-orphan", order_by="StepProtocolCode.id"
     )
 
     @property
@@ -286,6 +292,20 @@ class StepStation(Base):
     ae_title: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
 
     step: Mapped[ProcedureStep] = relationship(back_populates="stations")
+
+
+class StepProtocolCode(Base):
+    """One item of a step's Scheduled Protocol Code Sequence (0040,0008), DICOM PS3.3 C.4.10 (code items: 8.8)."""
+
+    __tablename__ = "step_protocol_codes"
+
+    id: Mapped[intpk]
+    step_fk: Mapped[int] = mapped_column(ForeignKey("procedure_steps.id", ondelete="CASCADE"), nullable=False, index=True)
+    code_value: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    code_scheme: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    code_meaning: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+
+    step: Mapped[ProcedureStep] = relationship(back_populates="protocol_codes")
 
 
 class PerformedStep(Base):

@@ -87,6 +87,24 @@ def _mapping_check(args) -> int:
     return 1 if profiles.problems else 0
 
 
+def _message_source(args) -> tuple[bytes | None, int | None] | str:
+    """(raw, None) for a message FILE, (None, id) for a stored message (--message-id, or a MESSAGE argument that is
+    a number and no file); a text saying what is wrong otherwise."""
+    import os
+
+    message_id = args.message_id
+    if args.file is not None and message_id is None and args.file.isdigit() and not os.path.exists(args.file):
+        return None, int(args.file)          # "ris mapping test 42": the stored message 42
+    if (args.file is None) == (message_id is None):
+        return "give a message FILE, or a stored message's id (ris mapping test 42, or --message-id 42)"
+    if args.file is None:
+        return None, message_id
+    try:
+        return open(args.file, "rb").read(), None
+    except OSError as exc:
+        return str(exc)
+
+
 def _mapping_test(args) -> int:
     """Show what a message would do (fields, profile, commands, worklist item, ACK); commits nothing."""
     import json
@@ -98,21 +116,18 @@ def _mapping_test(args) -> int:
     from interfaces.runtime import load_profiles
     from mappings.profile import ProfileError
 
-    if (args.file is None) == (args.message_id is None):
-        print("ris mapping test: give a message FILE or --message-id N", file=sys.stderr)
+    source = _message_source(args)
+    if isinstance(source, str):
+        print(f"ris mapping test: {source}", file=sys.stderr)
         return 2
+    raw, message_id = source
     settings = load_settings()
     setup_logging("ERROR")
-    try:
-        raw = open(args.file, "rb").read() if args.file else None
-    except OSError as exc:
-        print(f"ris mapping test: {exc}", file=sys.stderr)
-        return 2
     engine = make_engine(settings.database)
     try:
         upgrade(engine)
         intake = HL7Intake(settings, make_session_factory(engine), load_profiles(settings))
-        report = mapping_test(intake, settings, raw=raw, message_id=args.message_id, profile_name=args.profile)
+        report = mapping_test(intake, settings, raw=raw, message_id=message_id, profile_name=args.profile)
     except (ProfileError, DomainError) as exc:
         print(f"ris mapping test: {exc}", file=sys.stderr)
         return 2
@@ -120,6 +135,85 @@ def _mapping_test(args) -> int:
         engine.dispose()
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 0 if report["ack_code"] == "AA" else 1
+
+
+def _mapping_compare(args) -> int:
+    """Apply the same stored messages with two sets of profiles and show what differs; commits nothing.
+    Exit 0 when nothing differs, 1 when something does, 2 when the comparison cannot be made."""
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from app.db import make_engine, make_session_factory, upgrade
+    from app.errors import DomainError
+    from interfaces.mapping_tools import compare_candidates, format_comparison
+
+    settings = load_settings()
+    setup_logging("ERROR")
+    new_folder, new_files = None, {}
+    for item in args.new:        # a folder, or profile files written over the old folder
+        path = Path(item)
+        if path.is_dir():
+            new_folder = path
+        else:
+            try:
+                new_files[path.name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"ris mapping compare: {item}: {exc}", file=sys.stderr)
+                return 2
+    old_folder = args.old or None
+    try:
+        since = dt.datetime.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        print(f"ris mapping compare: --since {args.since!r} is not an ISO 8601 date and time", file=sys.stderr)
+        return 2
+    first, _, last = (args.ids or "").partition("-")
+    if args.ids and not (first.isdigit() and (not last or last.isdigit())):
+        print(f"ris mapping compare: --ids {args.ids!r} is N or N-M", file=sys.stderr)
+        return 2
+    selection = dict(from_id=int(first) if first else None,
+                     to_id=int(last) if last else (int(first) if first and "-" not in args.ids else None),
+                     status=args.status, message_type=args.type, sender=args.sender, since=since, limit=args.limit)
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        report = compare_candidates(settings, make_session_factory(engine), selection,
+                                    old_folder=old_folder, new_folder=new_folder or old_folder,
+                                    new_files=new_files or None)
+    except DomainError as exc:
+        for problem in getattr(exc, "problems", None) or [exc]:
+            print(f"ris mapping compare: {problem}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_comparison(report,
+                                                                                                show_same=args.all))
+    return 1 if report["differing"] else 0
+
+
+def _mapping_worklist(args) -> int:
+    """Show what a modality (by its calling AE title) receives from the live worklist; commits nothing."""
+    import json
+
+    from app.db import make_engine, make_session_factory, upgrade
+    from app.errors import DomainError
+    from interfaces.mapping_tools import format_worklist, worklist_preview
+
+    settings = load_settings()
+    setup_logging("ERROR")
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        report = worklist_preview(make_session_factory(engine, read_only=True), settings,
+                                  calling_aet=args.calling_aet, date=args.date, modality=args.modality,
+                                  station_aet=args.station_aet, accession=args.accession, patient_id=args.patient_id)
+    except DomainError as exc:
+        print(f"ris mapping worklist: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_worklist(report))
+    return 0 if report["status"]["meaning"] == "Success" else 1
 
 
 def _read_password(args) -> str | None:
@@ -225,11 +319,33 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("folder", nargs="?", default="", metavar="DIR", help="default: RIS_MAPPINGS_DIR")
     check.set_defaults(func=_mapping_check)
     test = mapping.add_parser("test", help="show what a message would do: fields, profile, commands, worklist, ACK")
-    test.add_argument("file", nargs="?", metavar="FILE", help="an HL7 v2 message file")
+    test.add_argument("file", nargs="?", metavar="MESSAGE", help="an HL7 v2 message file, or a stored message's id")
     test.add_argument("--message-id", type=int, help="a stored message instead of a file")
     test.add_argument("--profile", default=None, help="use this profile instead of the sender's")
     test.add_argument("--json", action="store_true", help="print the report as JSON")
     test.set_defaults(func=_mapping_test)
+    compare = mapping.add_parser("compare", help="apply stored messages with two sets of profiles: what differs")
+    compare.add_argument("new", nargs="+", metavar="NEW",
+                         help="the new profiles: a folder, or profile files written over the old folder")
+    compare.add_argument("--old", default="", metavar="DIR", help="the old profiles' folder (default: RIS_MAPPINGS_DIR)")
+    compare.add_argument("--ids", default="", metavar="N-M", help="stored message ids N to M (or N, or N-)")
+    compare.add_argument("--status", default="", help="only messages of this status (e.g. ERROR)")
+    compare.add_argument("--type", default="", help="only messages of this type (e.g. ORM^O01)")
+    compare.add_argument("--sender", default="", help="only messages of this sender (MSH-3^MSH-4)")
+    compare.add_argument("--since", default="", help="only messages received since (ISO 8601)")
+    compare.add_argument("--limit", type=int, default=100, help="at most this many messages (1-1000)")
+    compare.add_argument("--all", action="store_true", help="list the messages that do not differ too")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.set_defaults(func=_mapping_compare)
+    worklist = mapping.add_parser("worklist", help="what a modality receives from the live worklist")
+    worklist.add_argument("--calling-aet", required=True, help="the modality's AE title")
+    worklist.add_argument("--date", default=None, help="YYYYMMDD or a range (default today; '' every date)")
+    worklist.add_argument("--modality", default="")
+    worklist.add_argument("--station-aet", default="")
+    worklist.add_argument("--accession", default="")
+    worklist.add_argument("--patient-id", default="")
+    worklist.add_argument("--json", action="store_true", help="print the answers as JSON")
+    worklist.set_defaults(func=_mapping_worklist)
     messages = sub.add_parser("messages", help="the inbound message store").add_subparsers(
         dest="messages_command", required=True)
     prune = messages.add_parser("prune", help="delete answered messages older than the retention period now")

@@ -37,7 +37,7 @@ from interfaces.fhir import subscription as fhir_subscription
 from interfaces.outbound.dispatcher import Dispatcher, build_dispatcher, route_destinations
 from interfaces.outbound.http import HttpChannel
 from interfaces.scheduler.jobs import make_scheduler
-from interfaces.mapping_tools import mapping_test
+from interfaces.mapping_tools import compare_candidates, mapping_test, worklist_preview
 from interfaces.web import web
 from mappings.profile import ProfileSet
 from mappings.resources import ResourceFileError
@@ -123,7 +123,9 @@ def build_wsgi_app(settings: Settings, session_factory, read_factory, intake: HL
                       services={"reprocess_message": intake.reprocess,
                                 "mapping_profiles": intake.profiles,
                                 "describe_mappings": intake.profiles.describe,
-                                "test_mapping": functools.partial(mapping_test, intake, settings)})
+                                "test_mapping": functools.partial(mapping_test, intake, settings),
+                                "preview_worklist": functools.partial(worklist_preview, read_factory, settings),
+                                "compare_mappings": functools.partial(compare_candidates, settings, session_factory)})
 
 
 def load_profiles(settings: Settings) -> ProfileSet:

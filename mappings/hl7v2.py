@@ -31,15 +31,17 @@ tokenizer's Message is one.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from app.commands import (AppointmentData, CancelOrder, ChangePatientId, HoldOrder, MergePatient, OrderData, OrderRef,
-                          PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
-                          RecordVisit, RegisterPatient, StepData, UpdateOrder, VisitData)
+from app.commands import (AppointmentData, CancelOrder, ChangePatientId, CodeData, HoldOrder, MergePatient, OrderData,
+                          OrderRef, PatientData, PatientRef, PlaceOrder, ProcedureData, RecordAppointment, RecordReport,
+                          RecordVisit, RegisterPatient, SetStepStatus, StepData, UpdateOrder, VisitData)
 from app.errors import InvalidInput, UnknownCode, Unsupported
 from mappings.paths import FieldPath
-from mappings.profile import APPOINTMENT_ACTIONS, VISIT_ACTIONS, FieldSpec, IdentifierPolicy, Profile, Source
-from mappings.transforms import HL7_NULL, TRANSFORMS, Context
+from mappings.profile import (APPOINTMENT_ACTIONS, VISIT_ACTIONS, FieldSpec, IdentifierPolicy, Profile, ProfileError,
+                              Source)
+from mappings.transforms import FROM_TEXT, HL7_NULL, TRANSFORMS, Context
 
 # Report text: the OBX value types that hold text (HL7 table 0125), and the DICOM code of the
 # OBX that carries the Study Instance UID (IHE RAD TF-2 "DICOM Study" 113014^DCM).
@@ -130,6 +132,34 @@ def locate(profile: Profile, key: str, msg, origins: dict[str, str] | None = Non
     return Mapper(profile).missing_location(spec, msg, k, {})
 
 
+def header_sender(raw: bytes) -> tuple[str, str]:
+    """MSH-3.1 and MSH-4.1 (sending application and facility) read from the bytes before they are decoded: the
+    header is ASCII in every character set HL7 allows (HL7 v2.5.1 2.15.9.18); ('', '') without an MSH. Runs on
+    every message: it reads the header line only."""
+    start = raw.find(b"MSH")
+    if start > 0 and raw[start - 1] not in b" \t\r\n\x00\x0b\x1c":     # a batch: the first MSH of a line
+        found = [i + 1 for i in (raw.find(b"\rMSH"), raw.find(b"\nMSH")) if i >= 0]
+        start = min(found) if found else -1
+    if start < 0 or len(raw) < start + 8:
+        return "", ""
+    ends = [i for i in (raw.find(b"\r", start, start + 4096), raw.find(b"\n", start, start + 4096)) if i >= 0]
+    fields = raw[start:min(ends) if ends else start + 4096].split(raw[start + 3:start + 4], 4)
+    component = fields[1][:1] if len(fields) > 1 and fields[1][:1] else b"^"
+    part = lambda n: fields[n].split(component, 1)[0].decode("ascii", "replace").strip() if len(fields) > n else ""  # noqa: E731
+    return part(2), part(3)
+
+
+def charset_policy(profiles, raw: bytes, default: str, mismatch: str, profile: Profile | None = None) -> tuple[str, str]:
+    """(codec for a message without MSH-18, mismatch policy) for ``raw``: those of ``profile``, else of its sender's
+    profile (``charset:``), else ``default`` and ``mismatch`` (the settings)."""
+    if profile is None:
+        try:
+            profile = profiles.for_sender(*header_sender(raw))
+        except ProfileError:
+            return default, mismatch
+    return profile.charset_policy(default, mismatch)
+
+
 def sender_of(msg) -> str:
     """MSH-3 ^ MSH-4 (sending application and facility namespace ids, HL7 v2.5.1 2.15.9.3-4)."""
     return f"{msg.sending_application}^{msg.sending_facility}"
@@ -204,34 +234,43 @@ class Mapper:
             occ = self.occurrence(msg, p.segment, k, at)
             if occ is None:  # the group has no such segment
                 continue
-            if p.rep is None:
-                values = [v.strip() for v in msg.values(p.segment, p.field, p.comp, p.sub, occ)]
-                values = [v for v in values if v and v != HL7_NULL]
+            if p.rep is None:   # every repetition, each read as a single value would be (regex, table, transform)
+                values = []
+                for rep in range(1, len(msg.values(p.segment, p.field, 1, 1, occ)) + 1):
+                    one = self._one(dataclasses.replace(source, path=dataclasses.replace(p, rep=rep)), spec, msg,
+                                    ctx, k, at, occ)
+                    values.extend(one if isinstance(one, tuple) else [] if one in (None, "", HL7_NULL) else [one])
                 if values:
-                    return tuple(values), where(p.segment, occ, p.field)
+                    return tuple(dict.fromkeys(values)), where(p.segment, occ, p.field)
                 continue
-            if kind == "field":
-                value = self._located(ctx, p, occ, fn, msg, p, occ, ctx)
-                if value:
-                    return value, where(p.segment, occ, p.field, p.rep)
-                continue
-            raw = self._raw(source, msg, k, at)
-            if not raw:
-                continue
-            if raw == HL7_NULL:
+            value = self._one(source, spec, msg, ctx, k, at, occ)
+            if value == HL7_NULL:
                 return HL7_NULL, where(p.segment, occ, p.field, p.rep)
-            if source.table:
-                raw = self.lookup(source, raw, where(p.segment, occ, p.field, p.rep))
-                if raw is None:
-                    continue
-            value = self._located(ctx, p, occ, fn, raw, ctx)
             if value not in (None, ""):
                 return value, where(p.segment, occ, p.field, p.rep)
         if spec.default is not None:
-            value = spec.default if kind == "field" else fn(spec.default, ctx)
+            value = fn(spec.default, ctx) if kind != "field" else \
+                FROM_TEXT[spec.transform](spec.default, ctx) if spec.transform in FROM_TEXT else spec.default
             if value not in (None, ""):
                 return value, None
         return None, None
+
+    def _one(self, source: Source, spec: FieldSpec, msg, ctx: Context, k: int, at: dict[str, int], occ: int):
+        """The value one source (of one repetition) gives: the field read by a field transform, or its text
+        narrowed by the regex, looked up in the table and read by the transform; None when it has none. The
+        transform's warnings are about the source's field."""
+        kind, fn = TRANSFORMS[spec.transform]
+        p = source.path
+        if kind == "field" and not source.table:
+            return self._located(ctx, p, occ, fn, msg, p, occ, ctx) or None
+        raw = self._raw(source, msg, k, at)
+        if not raw or raw == HL7_NULL:
+            return raw or None
+        if source.table:
+            raw = self.lookup(source, raw, where(p.segment, occ, p.field, p.rep))
+            if raw is None:
+                return None
+        return self._located(ctx, p, occ, FROM_TEXT[spec.transform] if kind == "field" else fn, raw, ctx)
 
     @staticmethod
     def _located(ctx: Context, p: FieldPath, occ: int, fn, *args):
@@ -316,6 +355,7 @@ class Mapper:
     # Commands ----------------------------------------------------------------------------
     def commands(self, msg, ctx: Context) -> MappingResult:
         mtype = message_type(msg)
+        ctx.names = self.profile.person_names
         action = self.profile.messages.get(mtype)
         if action is None:
             if not msg.message_code:
@@ -480,13 +520,12 @@ class Mapper:
         try:
             for groups, procedures in self.orders(msg, ctx):
                 ctx.origins = {}  # what this order's values were read from (for an error about its command)
-                command, action = self.order_command(msg, ctx, groups, procedures)
+                found, action = self.order_command(msg, ctx, groups, procedures)
                 for key, value in ctx.origins.items():
                     shared.setdefault(key, value)
                 actions.append(action)
-                if command is not None:
-                    commands.append(command)
-                    origins.append(ctx.origins)
+                commands.extend(found)
+                origins.extend(ctx.origins for _ in found)
         finally:
             for key, value in ctx.origins.items():
                 shared.setdefault(key, value)
@@ -494,7 +533,8 @@ class Mapper:
         return MappingResult(commands, actions[0], origins=origins)
 
     def order_command(self, msg, ctx: Context, groups: list[int], procedures: list[int]):
-        """(command or None, action) for one order made of ``groups``."""
+        """(commands, action) for one order made of ``groups``: none for a status change that changes nothing here,
+        its step status too where the profile's step_statuses table says so."""
         first = groups[0]
         control = self.text("order.control", msg, ctx, first)
         action = self.profile.order_controls.get(control)
@@ -504,18 +544,21 @@ class Mapper:
                               f"{known})", location=ctx.origins.get("order.control")
                               or where("ORC", self.occurrence(msg, "ORC", first, {}) or 1, 1))
         ref = self.order_ref(msg, ctx, first)
+        step_status = self.profile.step_status(control, self.text("order.status", msg, ctx, first))
+        if action == "status" and step_status:
+            return [SetStepStatus(ref, step_status)], action
         if action == "status":
             status = self.text("order.status", msg, ctx, first)
             action = self.profile.status_changes.get(status)
             if action is None:
                 ctx.warnings.append(LocatedWarning(f"status change to {status or '(empty)'} recorded; it changes "
                                                    f"nothing here", ctx.origins.get("order.status")))
-                return None, "status"
+                return [], "status"
         if action in ("hold", "release"):
-            return HoldOrder(ref=ref, release=action == "release"), action
+            return [HoldOrder(ref=ref, release=action == "release")], action
         if action in ("cancel", "discontinue"):
-            return CancelOrder(ref=ref, discontinue=action == "discontinue",
-                               reason=self.text("order.reason", msg, ctx, first)), action
+            return [CancelOrder(ref=ref, discontinue=action == "discontinue",
+                                reason=self.text("order.reason", msg, ctx, first))], action
         for k in groups[1:]:  # one order has one accession number
             spec = self.profile.spec("order.accession_number")
             other, origin = self._first(spec, msg, ctx, k, {}) if spec is not None else (None, None)
@@ -534,7 +577,8 @@ class Mapper:
             procedures=tuple(self.procedure(msg, ctx, k) for k in procedures),
         )
         patient = self.patient(msg, ctx)
-        return (PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)), action
+        cmd = PlaceOrder(patient, order) if action == "place" else UpdateOrder(patient, order)
+        return [cmd, *([SetStepStatus(ref, step_status)] if step_status else [])], action
 
     def step(self, msg, ctx: Context, k: int, at: dict[str, int], code: str = "") -> StepData:
         aets = self.read("step.station_aets", msg, ctx, k, at)
@@ -554,7 +598,16 @@ class Mapper:
             station_name=station_name,
             description=self.text("step.description", msg, ctx, k, at),
             performing_physician=self.text("step.performing_physician", msg, ctx, k, at),
+            expected_duration_minutes=self.read("step.expected_duration", msg, ctx, k, at),
+            protocol_codes=self.codes("step.protocol_codes", msg, ctx, k, at),
         )
+
+    def codes(self, key: str, msg, ctx: Context, k: int, at: dict[str, int]) -> tuple[CodeData, ...]:
+        """The codes of ``key`` (one, or several from a [*] source or a table cell)."""
+        value = self.read(key, msg, ctx, k, at)
+        if isinstance(value, CodeData):
+            return (value,)
+        return tuple(v for v in value if isinstance(v, CodeData)) if isinstance(value, tuple) else ()
 
     def procedure(self, msg, ctx: Context, k: int) -> ProcedureData:
         """The k-th group's requested procedure; one step per IPC segment of its group (OMI^O23,
@@ -572,4 +625,5 @@ class Mapper:
             description=self.text("procedure.description", msg, ctx, k),
             priority=self.text("procedure.priority", msg, ctx, k),
             steps=steps,
+            body_part=self.text("procedure.body_part", msg, ctx, k),
         )

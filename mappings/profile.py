@@ -8,6 +8,12 @@ the base's keys are deep-merged under its own. It carries its code tables, stati
 rules and identifier policy. A bad file is refused at load with its file name, line and key;
 nothing in a profile is code.
 
+Validation at load covers what a message could only reveal too late: every field path is checked against the
+HL7 segment definitions of the profile's version (mappings.hl7_reference; Z-segments when declared), every
+transform against the kind of value it fills, and every text the profile itself writes into a DICOM attribute
+(table cells, defaults, station rules, the identifier issuer) against that attribute's VR and length
+(mappings.targets).
+
 :class:`ProfileSet` is the folder of profiles (RIS_MAPPINGS_DIR): it chooses the profile of a
 message by its sender, and picks up changed files without a restart; a file that no longer
 loads is refused and the last good version of its profile stays active.
@@ -15,6 +21,7 @@ loads is refused and the last good version of its profile stays active.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import re
@@ -26,9 +33,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from app.errors import DomainError
 from app.vocabulary import MODALITIES
+from mappings import hl7_reference, targets
 from mappings.paths import FieldPath, PathError
-from mappings.transforms import TRANSFORMS
+from mappings.targets import ACCEPTS, TARGETS
+from mappings.transforms import DEGREE_CHOICES, FROM_TEXT, PREFIX_CHOICES, PRODUCES, TRANSFORMS, NamePolicy
 
 log = logging.getLogger("mappings.profile")
 
@@ -41,6 +51,15 @@ ACTIONS = {"register_patient", "merge_patient", "change_patient_id", "order", "r
 ORDER_ACTIONS = {"place", "update", "cancel", "discontinue", "hold", "release", "status"}
 STATUS_ACTIONS = {"cancel", "discontinue", "hold"}
 OTHERWISE = {"received"}
+# step_statuses: the Scheduled Procedure Step Status an order message may give (app.services.step_statuses), and
+# the order-control actions it applies to (cancel/discontinue/hold/release decide the status themselves).
+STEP_STATUSES = {"SCHEDULED", "HELD", "ARRIVED", "READY"}
+STEP_STATUS_ACTIONS = {"place", "update", "status"}
+_STEP_STATUS_KEY = re.compile(r"^([A-Z0-9]{2})\^([A-Z0-9]{1,2}|\*)?$")
+# The decoding policies of interfaces.hl7.charsets (MISMATCH_POLICIES); a profile may override the settings.
+CHARSET_MISMATCH = ("prefer-utf8", "declared", "strict")
+CHARSET_KEYS = {"default", "mismatch"}
+NAME_POLICY_KEYS = {"types", "groups", "prefix", "degree"}
 
 # Section -> the domain values it may define (the keys an analyst may use).
 SECTIONS: dict[str, set[str]] = {
@@ -53,14 +72,15 @@ SECTIONS: dict[str, set[str]] = {
     "order": {"control", "status", "placer_order_number", "placer_issuer", "filler_order_number", "accession_number",
               "priority", "referring_physician", "requesting_physician", "reason"},
     "procedure": {"requested_procedure_id", "study_instance_uid", "code_value", "code_meaning", "code_scheme",
-                  "description", "priority"},
+                  "description", "priority", "body_part"},
     "step": {"sps_id", "modality", "station_aets", "station_name", "scheduled_start", "description",
-             "performing_physician"},
+             "performing_physician", "expected_duration", "protocol_codes"},
 }
 # Keys that name a profile itself: never inherited from the base it extends.
 IDENTITY = {"name", "description", "senders", "extends"}
 TOP_LEVEL = {*IDENTITY, "messages", "order_controls", "status_changes", "accession_prefix", "uid_root", "timezone",
-             "strict_structure", "tables", "stations", "identifiers", *SECTIONS}
+             "strict_structure", "tables", "stations", "identifiers", "hl7_version", "z_segments", "step_statuses",
+             "person_names", "charset", *SECTIONS}
 FIELD_KEYS = {"from", "as", "required", "otherwise", "default"}
 SOURCE_KEYS = {"path", "regex", "table", "column", "missing", "concat", "separator"}
 MISSING = {"error", "skip"}
@@ -83,6 +103,14 @@ class ProfileError(ValueError):
 
     def as_dict(self) -> dict:
         return {"file": self.file, "line": self.line, "key": self.key, "problem": self.problem}
+
+
+class ProfilesRefused(DomainError):
+    """A set of profiles the analyst's tools were given does not load (``problems``: each file, line and key)."""
+
+    def __init__(self, side: str, problems: list[ProfileError]):
+        self.side, self.problems = side, problems
+        super().__init__(f"the {side} profiles do not load: " + "; ".join(str(p) for p in problems), location=side)
 
 
 @dataclass(frozen=True)
@@ -182,10 +210,25 @@ class Profile:
     patient_identifier: IdentifierPolicy | None = None
     uid_root: str = ""               # empty: RIS_UID_ROOT
     timezone: str = ""               # zone of the sender's times without offset (empty: MSH-7's, else the site's)
+    hl7_version: str = hl7_reference.DEFAULT_VERSION   # the definitions its paths are checked against
+    z_segments: dict[str, int] = field(default_factory=dict)   # Z-segment -> number of fields
+    step_statuses: dict[str, str] = field(default_factory=dict)  # "ORC-1^ORC-5" -> Scheduled Procedure Step Status
+    person_names: NamePolicy = NamePolicy()
+    charset_default: str = ""        # empty: RIS_HL7_DEFAULT_CHARSET
+    charset_mismatch: str = ""       # empty: RIS_HL7_CHARSET_MISMATCH
 
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def step_status(self, control: str, status: str) -> str:
+        """The step status of ``step_statuses`` for ORC-1 ``control`` and ORC-5 ``status`` ('' when none):
+        the exact pair first, then the control with any status ('NW^*')."""
+        return self.step_statuses.get(f"{control}^{status}") or self.step_statuses.get(f"{control}^*", "")
+
+    def charset_policy(self, default: str, mismatch: str) -> tuple[str, str]:
+        """(codec for messages without MSH-18, mismatch policy): the profile's, else the given settings."""
+        return self.charset_default or default, self.charset_mismatch or mismatch
 
     def spec(self, key: str) -> FieldSpec | None:
         return self.fields.get(key)
@@ -343,7 +386,10 @@ def build_profile(doc: Document, documents: dict[str, Document]) -> Profile:
             fail(("messages", msg_type), "message types are written CODE^EVENT, e.g. ORM^O01")
     controls = _string_table(data.get("order_controls", {}), ("order_controls",), ORDER_ACTIONS, fail)
     status_changes = _string_table(data.get("status_changes", {}), ("status_changes",), STATUS_ACTIONS, fail)
+    step_statuses = _step_statuses(data.get("step_statuses", {}), controls, fail)
     tables = _tables(data.get("tables", {}), fail)
+    structure = _Structure(_hl7_version(data.get("hl7_version", hl7_reference.DEFAULT_VERSION), fail),
+                           _z_segments(data.get("z_segments", {}), fail))
 
     fields: dict[str, FieldSpec] = {}
     for section, allowed in SECTIONS.items():
@@ -353,10 +399,12 @@ def build_profile(doc: Document, documents: dict[str, Document]) -> Profile:
         for key, spec in body.items():
             if key not in allowed:
                 fail((section, key), f"unknown value (allowed in {section}: {', '.join(sorted(allowed))})")
-            fields[f"{section}.{key}"] = _field_spec(f"{section}.{key}", spec, (section, key), tables, fail)
+            fields[f"{section}.{key}"] = _field_spec(f"{section}.{key}", spec, (section, key), tables, structure,
+                                                     fail)
     prefix = data.get("accession_prefix", "RIS")
     if not isinstance(prefix, str) or len(prefix) > 8:
         fail(("accession_prefix",), "a text of at most 8 characters")
+    _check_value("order.accession_number", prefix, ("accession_prefix",), fail)
     uid_root = str(data.get("uid_root", "") or "")
     if uid_root and (not _UID_ROOT.match(uid_root) or len(uid_root) > 40):
         fail(("uid_root",), "a UID root: digits and dots (PS3.5 9.1), at most 40 characters")
@@ -369,6 +417,7 @@ def build_profile(doc: Document, documents: dict[str, Document]) -> Profile:
     strict = data.get("strict_structure", False)
     if not isinstance(strict, bool):
         fail(("strict_structure",), "true or false")
+    charset_default, charset_mismatch = _charset(data.get("charset", {}), fail)
     digest = hashlib.sha256()
     for d in chain:
         digest.update(d.raw)
@@ -378,8 +427,109 @@ def build_profile(doc: Document, documents: dict[str, Document]) -> Profile:
                    senders=_senders(data.get("senders", []), fail), extends=str(data.get("extends", "") or ""),
                    chain=tuple(d.file for d in chain), tables=tables,
                    stations=_station_rules(data.get("stations", []), fail),
-                   patient_identifier=_identifier_policy(data.get("identifiers", {}), fail),
-                   uid_root=uid_root, timezone=zone)
+                   patient_identifier=_identifier_policy(data.get("identifiers", {}), structure, fail),
+                   uid_root=uid_root, timezone=zone, hl7_version=structure.version, z_segments=structure.z_segments,
+                   step_statuses=step_statuses, person_names=_name_policy(data.get("person_names", {}), fail),
+                   charset_default=charset_default, charset_mismatch=charset_mismatch)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """What a profile's paths are checked against: an HL7 version's segments and the declared Z-segments."""
+
+    version: str
+    z_segments: dict[str, int]
+
+
+def _hl7_version(value, fail) -> str:
+    version = str(value).strip()
+    known = hl7_reference.versions()
+    if version not in known:
+        fail(("hl7_version",), f"{version!r} is not an HL7 v2 version with known definitions ({', '.join(known)})")
+    return version
+
+
+def _z_segments(raw, fail) -> dict[str, int]:
+    """``z_segments``: name -> number of fields, for the sender's own segments (HL7 v2.5.1 2.1.6)."""
+    if not isinstance(raw, dict):
+        fail(("z_segments",), "a mapping of Z-segment names to their number of fields, e.g. {ZDS: 1}")
+    out = {}
+    for name, count in raw.items():
+        if not hl7_reference.Z_SEGMENT.match(str(name)):
+            fail(("z_segments", name), "a Z-segment name: Z and two upper-case letters or digits (HL7 v2.5.1 2.1.6)")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 999:
+            fail(("z_segments", name), "the number of fields of the segment, 1 to 999")
+        out[str(name)] = count
+    return out
+
+
+def _step_statuses(raw, controls: dict[str, str], fail) -> dict[str, str]:
+    """``step_statuses``: 'ORC-1^ORC-5' (or 'ORC-1^*' for any status) -> Scheduled Procedure Step Status."""
+    table = _string_table(raw, ("step_statuses",), STEP_STATUSES, fail)
+    for key in table:
+        m = _STEP_STATUS_KEY.match(key)
+        if not m:
+            fail(("step_statuses", key), "written ORDER-CONTROL^ORDER-STATUS (ORC-1^ORC-5, e.g. NW^HD), or "
+                                         "ORDER-CONTROL^* for any status")
+        action = controls.get(m[1])
+        if action is None:
+            fail(("step_statuses", key), f"order control {m[1]!r} is not in order_controls")
+        if action not in STEP_STATUS_ACTIONS:
+            fail(("step_statuses", key), f"order control {m[1]} is {action!r}, which sets the steps' status itself; "
+                                         f"step_statuses apply to {', '.join(sorted(STEP_STATUS_ACTIONS))}")
+    return table
+
+
+def _charset(raw, fail) -> tuple[str, str]:
+    """``charset: {default: CODEC, mismatch: POLICY}``: how this sender's bytes are decoded (interfaces.hl7.charsets,
+    HL7 v2.5.1 2.15.9.18): the codec of messages without MSH-18, and what to do when the bytes contradict MSH-18."""
+    if not isinstance(raw, dict):
+        fail(("charset",), "a mapping: charset: {default: latin-1, mismatch: declared}")
+    for k in raw:
+        if k not in CHARSET_KEYS:
+            fail(("charset", k), f"unknown key (allowed: {', '.join(sorted(CHARSET_KEYS))})")
+    default = str(raw.get("default", "") or "").strip()
+    if default:
+        try:
+            info = codecs.lookup(default)
+        except LookupError:
+            info = None
+        if info is None or not getattr(info, "_is_text_encoding", True):
+            fail(("charset", "default"), f"{default!r} is not a character set Python knows (e.g. utf-8, latin-1, "
+                                         f"cp1252, iso8859-2)")
+    mismatch = str(raw.get("mismatch", "") or "").strip()
+    if mismatch and mismatch not in CHARSET_MISMATCH:
+        fail(("charset", "mismatch"), f"{mismatch!r} is not one of {', '.join(CHARSET_MISMATCH)}")
+    return default, mismatch
+
+
+def _name_policy(raw, fail) -> NamePolicy:
+    """``person_names``: which repetition of a person name and how it is rendered (mappings.transforms.NamePolicy)."""
+    if not isinstance(raw, dict):
+        fail(("person_names",), "a mapping: person_names: {types: [L], groups: true, prefix: keep, degree: omit}")
+    for k in raw:
+        if k not in NAME_POLICY_KEYS:
+            fail(("person_names", k), f"unknown key (allowed: {', '.join(sorted(NAME_POLICY_KEYS))})")
+    types = _texts(raw["types"], ("person_names", "types"), fail) if "types" in raw else ()
+    for t in types:
+        if not re.fullmatch(r"[A-Z]{1,3}", t):
+            fail(("person_names", "types"), f"{t!r} is not a name type code (HL7 table 0200: L, D, A, B, ...)")
+    groups = raw.get("groups", False)
+    if not isinstance(groups, bool):
+        fail(("person_names", "groups"), "true or false")
+    prefix, degree = raw.get("prefix", "keep"), raw.get("degree", "omit")
+    if prefix not in PREFIX_CHOICES:
+        fail(("person_names", "prefix"), f"{prefix!r} is not one of {', '.join(PREFIX_CHOICES)}")
+    if degree not in DEGREE_CHOICES:
+        fail(("person_names", "degree"), f"{degree!r} is not one of {', '.join(DEGREE_CHOICES)}")
+    return NamePolicy(types=types, groups=groups, prefix=prefix, degree=degree)
+
+
+def _check_value(key: str, text: str, path: tuple, fail) -> None:
+    """Refuse a text the profile writes into ``key``'s DICOM attribute when its VR cannot hold it (mappings.targets)."""
+    problem = targets.problem(key, text)
+    if problem:
+        fail(path, f"{problem}: not a value for {key}")
 
 
 def _string_table(table, path, allowed_values, fail) -> dict[str, str]:
@@ -444,21 +594,13 @@ def _tables(raw, fail) -> dict[str, dict[str, dict[str, str]]]:
                     fail(path + (column,), "a column name is lower-case letters, digits and '_'")
                 if isinstance(value, (dict, list)) or value is None:
                     fail(path + (column,), "a single value")
-                text = str(value).strip()
-                if column == "modality" and text not in MODALITIES:
-                    fail(path + (column,), f"{text!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)")
-                if column == "duration":
-                    try:
-                        float(text)
-                    except ValueError:
-                        fail(path + (column,), "the duration in minutes, a number")
-                values[column] = text
+                values[column] = str(value).strip()   # checked against what reads it (_check_lookups)
             table[str(code).strip()] = values
         tables[name] = table
     return tables
 
 
-def _field_spec(key: str, spec, path: tuple, tables: dict, fail) -> FieldSpec:
+def _field_spec(key: str, spec, path: tuple, tables: dict, structure: _Structure, fail) -> FieldSpec:
     if isinstance(spec, (str, list)):
         spec = {"from": spec}
     if not isinstance(spec, dict):
@@ -471,33 +613,70 @@ def _field_spec(key: str, spec, path: tuple, tables: dict, fail) -> FieldSpec:
         sources_raw = [sources_raw]
     if not isinstance(sources_raw, list) or (not sources_raw and "default" not in spec):
         fail(path + ("from",), "list at least one field path")
-    sources = tuple(_source(item, path + ("from", i), tables, fail) for i, item in enumerate(sources_raw))
+    sources = tuple(_source(item, path + ("from", i), tables, structure, fail) for i, item in enumerate(sources_raw))
+    target = TARGETS[key]
+    for i, source in enumerate(sources):
+        if source.path.rep is None and not target.multiple:
+            many = sorted(k for k, t in TARGETS.items() if t.multiple)
+            fail(path + ("from", i), f"{source.path} reads every repetition ([*]), but {key} holds one value: name "
+                                     f"one repetition ({source.path.text.replace('[*]', '')} is the first, "
+                                     f"{source.path.text.replace('[*]', '[2]')} the second); [*] is for "
+                                     f"{', '.join(many)}")
     transform = spec.get("as", "text")
     if transform not in TRANSFORMS:
         fail(path + ("as",), f"unknown transform {transform!r} (known: {', '.join(sorted(TRANSFORMS))})")
-    if TRANSFORMS[transform][0] == "field" and any(s.table or s.concat or s.regex for s in sources):
+    if PRODUCES[transform] not in ACCEPTS[target.kind]:
+        fitting = sorted(t for t, kind in PRODUCES.items() if kind in ACCEPTS[target.kind])
+        fail(path + ("as",), f"{key} holds {_KINDS[target.kind]}; {transform} gives {_KINDS[PRODUCES[transform]]} "
+                             f"(use {' or '.join(fitting)})")
+    if TRANSFORMS[transform][0] == "field" and any(s.concat or s.regex or (s.table and transform not in FROM_TEXT)
+                                                   for s in sources):
         fail(path + ("as",), f"{transform} reads the components of one field: no table, concat or regex")
     otherwise = spec.get("otherwise")
     if otherwise is not None and otherwise not in OTHERWISE:
         fail(path + ("otherwise",), f"{otherwise!r} is not one of {', '.join(sorted(OTHERWISE))}")
+    if otherwise == "received" and target.kind != "time":
+        times = sorted(k for k, t in TARGETS.items() if t.kind == "time")
+        fail(path + ("otherwise",), f"'received' is the time of receipt, and {key} is not a time (it is for "
+                                    f"{', '.join(times)})")
     required = spec.get("required", False)
     if not isinstance(required, bool):
         fail(path + ("required",), "true or false")
     default = spec.get("default")
     if default is not None and (isinstance(default, (dict, list, bool))):
         fail(path + ("default",), "a single value")
+    if default is not None:
+        text = str(default).strip()
+        _check_value(key, text.upper() if transform in ("upper", "modality") else text, path + ("default",), fail)
+    for i, source in enumerate(sources):   # every cell of a table column this value reads fills its attribute
+        if source.table:
+            for code, row in tables[source.table].items():
+                if source.column in row:
+                    text = row[source.column]
+                    _check_value(key, text.upper() if transform in ("upper", "modality") else text,
+                                 ("tables", source.table, code, source.column), fail)
     return FieldSpec(key=key, sources=sources, transform=transform, required=required, otherwise=otherwise,
                      default=None if default is None else str(default))
 
 
-def _path(text, path: tuple, fail) -> FieldPath:
+_KINDS = {"text": "a text", "name": "a person name", "date": "a date", "time": "a date and time",
+          "code": "a code", "number": "a number of minutes"}
+
+
+def _path(text, path: tuple, structure: _Structure, fail) -> FieldPath:
+    """A field path of the profile: its syntax, then its place in the HL7 definitions (mappings.hl7_reference)."""
     try:
-        return FieldPath.parse(str(text))
+        fp = FieldPath.parse(str(text))
     except PathError as exc:
         fail(path, str(exc))
+    problem = hl7_reference.check_path(fp.segment, fp.field, fp.comp, fp.sub, version=structure.version,
+                                       z_segments=structure.z_segments)
+    if problem:
+        fail(path, f"{fp}: {problem}")
+    return fp
 
 
-def _source(item, spath: tuple, tables: dict, fail) -> Source:
+def _source(item, spath: tuple, tables: dict, structure: _Structure, fail) -> Source:
     if isinstance(item, str):
         item = {"path": item}
     if not isinstance(item, dict) or ("path" not in item and "concat" not in item):
@@ -513,12 +692,12 @@ def _source(item, spath: tuple, tables: dict, fail) -> Source:
         parts = item["concat"]
         if not isinstance(parts, list) or len(parts) < 2:
             fail(spath + ("concat",), "a list of at least two field paths")
-        concat = tuple(_path(p, spath + ("concat", i), fail) for i, p in enumerate(parts))
+        concat = tuple(_path(p, spath + ("concat", i), structure, fail) for i, p in enumerate(parts))
         if any(p.rep is None for p in concat):
             fail(spath + ("concat",), "concat reads single values: no [*]")
         fp = concat[0]
     else:
-        fp = _path(item["path"], spath + ("path",), fail)
+        fp = _path(item["path"], spath + ("path",), structure, fail)
     regex = None
     if "regex" in item:
         try:
@@ -536,8 +715,6 @@ def _source(item, spath: tuple, tables: dict, fail) -> Source:
         if not any(column in row for row in tables[table].values()):
             columns = sorted({c for row in tables[table].values() for c in row})
             fail(spath + ("column",), f"table {table!r} has no column {column!r} (columns: {', '.join(columns)})")
-        if fp.rep is None:
-            fail(spath + ("path",), "a table looks up one code: no [*]")
     missing = item.get("missing", "error")
     if missing not in MISSING:
         fail(spath + ("missing",), f"{missing!r} is not one of {', '.join(sorted(MISSING))}")
@@ -569,17 +746,18 @@ def _station_rules(raw, fail) -> tuple[StationRule, ...]:
             if modality not in MODALITIES:
                 fail(path + ("when", "modality"), f"{modality!r} is not a DICOM modality (PS3.3 C.7.3.1.1.1)")
         aets = _texts(rule["aets"], path + ("aets",), fail) if "aets" in rule else ()
-        for aet in aets:
-            if len(aet) > 16 or "\\" in aet:
-                fail(path + ("aets",), f"{aet!r} is not an AE title (at most 16 characters, PS3.5 6.2)")
+        for j, aet in enumerate(aets):
+            _check_value("step.station_aets", aet, path + ("aets",) + ((j,) if isinstance(rule["aets"], list) else ()),
+                         fail)
         name = str(rule.get("name", "") or "")
+        _check_value("step.station_name", name, path + ("name",), fail)
         if not aets and not name:
             fail(path, "a rule gives aets, a station name or both")
         rules.append(StationRule(aets=aets, name=name, **criteria))
     return tuple(rules)
 
 
-def _identifier_policy(raw, fail) -> IdentifierPolicy | None:
+def _identifier_policy(raw, structure: _Structure, fail) -> IdentifierPolicy | None:
     if not isinstance(raw, dict):
         fail(("identifiers",), "a mapping: identifiers: {patient: {authorities: [...]}}")
     for k in raw:
@@ -594,7 +772,7 @@ def _identifier_policy(raw, fail) -> IdentifierPolicy | None:
     for k in policy:
         if k not in POLICY_KEYS:
             fail(path + (k,), f"unknown key (allowed: {', '.join(sorted(POLICY_KEYS))})")
-    fp = _path(policy.get("field", "PID-3"), path + ("field",), fail)
+    fp = _path(policy.get("field", "PID-3"), path + ("field",), structure, fail)
     if fp.text.count(".") or "[" in fp.text:
         fail(path + ("field",), "the whole CX field, e.g. PID-3 (its repetitions are searched)")
     authorities = _texts(policy["authorities"], path + ("authorities",), fail) if "authorities" in policy else ()
@@ -604,7 +782,9 @@ def _identifier_policy(raw, fail) -> IdentifierPolicy | None:
     otherwise = policy.get("otherwise", "error")
     if otherwise not in POLICY_OTHERWISE:
         fail(path + ("otherwise",), f"{otherwise!r} is not one of {', '.join(sorted(POLICY_OTHERWISE))}")
-    return IdentifierPolicy(fp, authorities, types, str(policy.get("issuer", "") or "").strip(), otherwise)
+    issuer = str(policy.get("issuer", "") or "").strip()
+    _check_value("patient.issuer", issuer, path + ("issuer",), fail)
+    return IdentifierPolicy(fp, authorities, types, issuer, otherwise)
 
 
 # The folder -----------------------------------------------------------------------------------
@@ -627,6 +807,7 @@ class ProfileSet:
         self._signature: tuple = ()
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._chosen: dict[tuple[str, str], Profile] = {}   # (MSH-3, MSH-4) -> profile, until the next reload
         self.reload()
         if strict and self.problems:
             raise self.problems[0]
@@ -660,7 +841,7 @@ class ProfileSet:
                     log.info("mapping profile %s loaded from %s", profile.label, profile.file)
             for problem in problems:
                 log.error("mapping profile refused: %s", problem)
-            self.profiles, self.problems = profiles, problems
+            self.profiles, self.problems, self._chosen = profiles, problems, {}
             self._signature, self._checked = signature, time.monotonic()
             return problems
 
@@ -730,14 +911,20 @@ class ProfileSet:
     def for_sender(self, application: str, facility: str) -> Profile:
         """The profile that serves MSH-3 ``application`` / MSH-4 ``facility``: the one whose
         sender entry matches most specifically (application and facility before either alone),
-        else the default."""
+        else the default. Remembered per sender until the folder changes (it is asked twice per message)."""
         self.refresh()
+        chosen = self._chosen.get((application, facility))
+        if chosen is not None:
+            return chosen
         best, score = None, 0
         for profile in self.profiles.values():
             for sender in profile.senders:
                 if sender.matches(application, facility) and sender.specificity > score:
                     best, score = profile, sender.specificity
-        return best or self.get(self.default)
+        best = best or self.get(self.default)
+        if len(self._chosen) < 10_000:     # senders are few; a flood of invented ones is not kept
+            self._chosen[(application, facility)] = best
+        return best
 
     def describe(self) -> dict:
         """What is loaded and what was refused (for GET /api/mappings and ``ris mapping check``)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.commands import (CancelOrder, Cause, ChangePatientId, HoldOrder, MergePatient, PlaceOrder,
-                          RecordAppointment, RecordReport, RecordVisit, RegisterPatient, UpdateOrder)
+                          RecordAppointment, RecordReport, RecordVisit, RegisterPatient, SetStepStatus, UpdateOrder)
 from app.models import Order, Patient
 from app.services.appointments import record_appointment
 from app.services.orders import OrderRecord, apply_order_command
 from app.services.patients import PatientRecord, change_patient_id, merge_patient, register
 from app.services.reports import record_report
+from app.services.step_statuses import set_step_status
 from app.services.visits import record_visit
 
 
@@ -32,6 +33,8 @@ def apply(session: Session, command, cause: Cause, *, uid_root: str, accession_p
         return change_patient_id(session, command)
     if isinstance(command, (PlaceOrder, UpdateOrder, CancelOrder, HoldOrder)):
         return apply_order_command(session, command, cause, uid_root=uid_root, accession_prefix=accession_prefix)
+    if isinstance(command, SetStepStatus):
+        return set_step_status(session, command, cause)
     raise TypeError(f"no service for command {type(command).__name__}")
 
 

@@ -19,7 +19,7 @@ from app.changes import note
 from app.commands import CancelOrder, Cause, HoldOrder, OrderData, OrderRef, PlaceOrder, ProcedureData, UpdateOrder
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (Appointment, AppointmentStatus, LinkStatus, Order, OrderStatus, Patient, ProcedureState,
-                        ProcedureStep, RequestedProcedure, StepStation, StepStatus, Study)
+                        ProcedureStep, RequestedProcedure, StepProtocolCode, StepStation, StepStatus, Study)
 from app.rows import changed, children_changed, insert_row, insert_rows, plain, read, run, run_many, update_row
 from app.services import lifecycle, scheduling
 from app.services.archive import link_waiting_studies
@@ -37,6 +37,7 @@ _P = Patient.__table__
 _RP = RequestedProcedure.__table__
 _S = ProcedureStep.__table__
 _ST = StepStation.__table__
+_PC = StepProtocolCode.__table__
 _STUDY = Study.__table__
 _APPT = Appointment.__table__
 
@@ -177,6 +178,7 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
                                                "sps_id": step.sps_id or rp_id, "scheduled_start": step.scheduled_start,
                                                **_step_fields(step)})
             insert_rows(session, _ST, [{"step_fk": step_id, "ae_title": aet} for aet in _stations(step)])
+            insert_rows(session, _PC, [{"step_fk": step_id, **codes} for codes in _protocol_codes(step)])
         lifecycle.record(session, proc_id, [(None, ProcedureState.ORDERED),   # reported once its steps exist
                                             (ProcedureState.ORDERED, ProcedureState.SCHEDULED)], cause)
         children_changed(session, Order, [order_id], "procedures")   # loaded by a booking above, if any
@@ -216,7 +218,7 @@ def update_order(session: Session, command: UpdateOrder, cause: Cause, *, uid_ro
             continue
         proc.code_value, proc.code_scheme = clip(proc_data.code_value, 64), clip(proc_data.code_scheme, 64)
         proc.code_meaning, proc.description = clip(proc_data.code_meaning, 128), clip(proc_data.description, 64)
-        proc.priority = clip(proc_data.priority, 16)
+        proc.priority, proc.body_part = clip(proc_data.priority, 16), clip(proc_data.body_part, 16)
         for step_index, step_data in enumerate(proc_data.steps):
             step = _match_step(proc, step_data.sps_id, step_index)
             if step is None:
@@ -384,7 +386,7 @@ def _procedure_fields(data: ProcedureData) -> dict:
     """The columns of a requested procedure that the order sets (its identifiers apart)."""
     return {"code_value": clip(data.code_value, 64), "code_scheme": clip(data.code_scheme, 64),
             "code_meaning": clip(data.code_meaning, 128), "description": clip(data.description, 64),
-            "priority": clip(data.priority, 16)}
+            "priority": clip(data.priority, 16), "body_part": clip(data.body_part, 16)}
 
 
 def _new_step(data, default_id: str) -> ProcedureStep:
@@ -403,11 +405,19 @@ def _step_fields(data) -> dict:
     """The columns of a step that the order sets (its time apart: none means "book a slot" or "keep it")."""
     _require_modality(data)
     return {"modality": data.modality, "station_name": clip(data.station_name, 16),
-            "description": clip(data.description, 64), "performing_physician": clip(data.performing_physician, 324)}
+            "description": clip(data.description, 64), "performing_physician": clip(data.performing_physician, 324),
+            "expected_duration_minutes": data.expected_duration_minutes}
 
 
 def _stations(data) -> list[str]:
     return list(dict.fromkeys(a for a in data.station_aets if a))
+
+
+def _protocol_codes(data) -> list[dict]:
+    """The step's Scheduled Protocol Code Sequence items as rows (each code once, in the order given)."""
+    codes = dict.fromkeys((clip(c.value, 64), clip(c.scheme, 64), clip(c.meaning, 128)) for c in data.protocol_codes
+                          if c.value)
+    return [{"code_value": v, "code_scheme": s, "code_meaning": m} for v, s, m in codes]
 
 
 def _write_step_fields(step: ProcedureStep, data) -> None:
@@ -419,6 +429,11 @@ def _write_step_fields(step: ProcedureStep, data) -> None:
     if [s.ae_title for s in step.stations] != wanted:
         step.stations.clear()
         step.stations.extend(StepStation(ae_title=aet) for aet in wanted)
+    codes = _protocol_codes(data)
+    if [{"code_value": c.code_value, "code_scheme": c.code_scheme, "code_meaning": c.code_meaning}
+            for c in step.protocol_codes] != codes:
+        step.protocol_codes.clear()
+        step.protocol_codes.extend(StepProtocolCode(**row) for row in codes)
 
 
 def _match_procedure(order: Order, data: ProcedureData, index: int) -> RequestedProcedure | None:

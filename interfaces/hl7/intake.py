@@ -49,7 +49,7 @@ from interfaces.hl7.ack import (APPLICATION_ACK, ErrorDetail, build_ack, build_r
                                 version_tuple)
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
-from mappings.hl7v2 import LocatedWarning, Mapper, locate, message_type
+from mappings.hl7v2 import LocatedWarning, Mapper, charset_policy, locate, message_type
 from mappings.profile import Profile, ProfileSet, SingleProfile
 from mappings.transforms import Context
 
@@ -384,9 +384,10 @@ class HL7Intake:
         return tuple(dict.fromkeys(keys)) or None
 
     # Steps -------------------------------------------------------------------------------
-    def _decode(self, raw: bytes):
-        return charsets.decode_message(raw, default=self.settings.hl7_default_charset,
-                                       mismatch=self.settings.hl7_charset_mismatch)
+    def _decode(self, raw: bytes, profile: Profile | None = None):
+        default, mismatch = charset_policy(self.profiles, raw, self.settings.hl7_default_charset,
+                                           self.settings.hl7_charset_mismatch, profile)  # the profile's, else settings
+        return charsets.decode_message(raw, default=default, mismatch=mismatch)
 
     def _process_once(self, msg_id: int, *, reprocess: bool, dry_run: bool) -> "Result":
         started = time.perf_counter()
@@ -419,7 +420,7 @@ class HL7Intake:
         ``profile`` overrides the sender's profile; ``trace`` (a dry run's) receives the profile, the
         commands and the worklist items the message gives before they are rolled back."""
         try:
-            decoded = self._decode(row.raw)
+            decoded = self._decode(row.raw, profile)
             if is_batch(decoded.text):
                 return None, (decoded, self._store_batch(session, row, decoded))
             msg = parse(decoded.text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Flask, request
 
 from interfaces.http.api import api
+from interfaces.http.mappings_api import mappings_api
 from interfaces.http.outbox_api import outbox_api
 from interfaces.http.procedures_api import procedures_api
 from interfaces.http.scheduling_api import scheduling_api
@@ -34,6 +35,7 @@ def create_app(settings, session_factory, read_factory, *, blueprints=(), servic
     app.register_blueprint(procedures_api)
     app.register_blueprint(scheduling_api)
     app.register_blueprint(reconciliation_api)
+    app.register_blueprint(mappings_api)
     for bp in blueprints:
         app.register_blueprint(bp)
     return app

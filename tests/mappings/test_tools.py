@@ -93,11 +93,32 @@ def test_test_of_a_stored_message_with_another_profile(env, settings, session_fa
     assert count(session_factory, Order) == 0
 
 
+def test_test_of_a_stored_id_replays_an_applied_order_as_if_it_were_new(env, settings, session_factory, capsys):
+    intake = HL7Intake(settings, session_factory, load_profiles(dataclasses.replace(settings, mappings_dir=str(env))))
+    assert b"MSA|AA" in intake.handle(order("T3", accession="B-300", orc18="CT_ORC18"))
+    with unit_of_work(session_factory) as session:
+        [row] = session.scalars(select(InboundMessage)).all()
+        message_id, before = row.id, (row.status, row.profile, row.ack)
+    assert main(["mapping", "test", str(message_id), "--json"]) == 0          # a number that is no file: an id
+    report = json.loads(capsys.readouterr().out)
+    assert report["ack_code"] == "AA", report["error"]                       # not "order ... already exists"
+    assert report["worklist"][0]["AccessionNumber"] == "B-300"
+    assert report["worklist"][0]["ScheduledProcedureStepSequence"][0]["ScheduledStationAETitle"] == "CT_ORC18"
+    with unit_of_work(session_factory) as session:
+        row = session.get(InboundMessage, message_id)
+        assert (row.status, row.profile, row.ack) == before
+        assert [o.accession_number for o in session.scalars(select(Order))] == ["B-300"]   # the order as it was
+
+
 def test_test_needs_a_file_or_a_message_id(env, capsys):
     assert main(["mapping", "test"]) == 2
-    assert "give a message FILE or --message-id N" in capsys.readouterr().err
+    assert "give a message FILE, or a stored message's id" in capsys.readouterr().err
     assert main(["mapping", "test", "--message-id", "999"]) == 2
     assert "no message 999" in capsys.readouterr().err
+    assert main(["mapping", "test", "998"]) == 2
+    assert "no message 998" in capsys.readouterr().err
+    assert main(["mapping", "test", "no-such-file.hl7"]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
 
 
 # HTTP ------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 07:27:31.359958
+Create Date: 2026-12-04 07:37:25.072319
 """
 from alembic import op
 import sqlalchemy as sa
@@ -251,6 +251,7 @@ def upgrade() -> None:
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('state', sa.Enum('ORDERED', 'SCHEDULED', 'ARRIVED', 'IN_PROGRESS', 'COMPLETED', 'PRELIMINARY', 'FINAL', 'CANCELLED', 'DISCONTINUED', name='procedurestate', native_enum=False, length=24), nullable=False),
     sa.Column('fhir_elements', sa.JSON(), nullable=True),
+    sa.Column('body_part', sa.String(length=16), server_default='', nullable=False),
     sa.ForeignKeyConstraint(['order_fk'], ['orders.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -304,6 +305,7 @@ def upgrade() -> None:
     sa.Column('description', sa.String(length=64), nullable=False),
     sa.Column('performing_physician', sa.String(length=324), nullable=False),
     sa.Column('status', sa.Enum('SCHEDULED', 'HELD', 'ARRIVED', 'READY', 'STARTED', 'IN_PROGRESS', 'COMPLETED', 'DISCONTINUED', 'CANCELLED', 'UNSCHEDULED', name='stepstatus', native_enum=False, length=24), nullable=False),
+    sa.Column('expected_duration_minutes', sa.Float(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['procedure_fk'], ['requested_procedures.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -451,6 +453,19 @@ def upgrade() -> None:
     with op.batch_alter_table('performed_steps', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_performed_steps_step_fk'), ['step_fk'], unique=False)
 
+    op.create_table('step_protocol_codes',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('step_fk', sa.Integer(), nullable=False),
+    sa.Column('code_value', sa.String(length=64), nullable=False),
+    sa.Column('code_scheme', sa.String(length=64), nullable=False),
+    sa.Column('code_meaning', sa.String(length=128), nullable=False),
+    sa.ForeignKeyConstraint(['step_fk'], ['procedure_steps.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('step_protocol_codes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_step_protocol_codes_code_value'), ['code_value'], unique=False)
+        batch_op.create_index(batch_op.f('ix_step_protocol_codes_step_fk'), ['step_fk'], unique=False)
+
     op.create_table('step_stations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('step_fk', sa.Integer(), nullable=False),
@@ -491,6 +506,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_step_stations_ae_title'))
 
     op.drop_table('step_stations')
+    with op.batch_alter_table('step_protocol_codes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_step_protocol_codes_step_fk'))
+        batch_op.drop_index(batch_op.f('ix_step_protocol_codes_code_value'))
+
+    op.drop_table('step_protocol_codes')
     with op.batch_alter_table('performed_steps', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_performed_steps_step_fk'))
 
