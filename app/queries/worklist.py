@@ -34,14 +34,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from sqlalchemy import Select, and_, case, exists, false, func, literal, or_, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
-from app.models import Order, Patient, ProcedureStep, RequestedProcedure, StepStation, StepStatus
+from app.models import Order, Patient, ProcedureStep, RequestedProcedure, StepProtocolCode, StepStation, StepStatus
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,22 @@ class DateTimeRange:
 
 @dataclass(frozen=True)
 class CodeKey:
-    """The keys of one item of a code sequence key (PS3.4 C.2.2.2.6): all must hold for one code."""
+    """The keys of one item of a code sequence key (PS3.4 C.2.2.2.6): all must hold for one code. ``protocol``: an
+    item of the Scheduled Protocol Code Sequence (the step's protocol codes, else its procedure's code), not of the
+    Requested Procedure Code Sequence."""
 
     value: Text | None = None
     scheme: Text | None = None
     meaning: Text | None = None
+    protocol: bool = False
+
+
+class Code(NamedTuple):
+    """One code item of an answer (PS3.3 8.8: Code Value, Coding Scheme Designator, Code Meaning)."""
+
+    code_value: str
+    code_scheme: str
+    code_meaning: str
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,14 @@ class WorklistItem:
     performing_physician: str
     step_status: str
     step_pk: int = field(default=0, compare=False)
+    protocol_codes: tuple[Code, ...] = ()            # the step's Scheduled Protocol Code Sequence, as mapped
+    expected_duration_minutes: float | None = None   # gives the SPS end date and time
+
+    @property
+    def scheduled_end(self) -> dt.datetime | None:
+        if self.expected_duration_minutes is None:
+            return None
+        return self.scheduled_start + dt.timedelta(minutes=self.expected_duration_minutes)
 
 
 def like_pattern(value: str) -> str:
@@ -301,11 +321,22 @@ def _station_clause(q: WorklistQuery):
 
 def _code_clause(key: CodeKey):
     """One item of RequestedProcedureCodeSequence / ScheduledProtocolCodeSequence: a step whose procedure has
-    no code has an empty sequence, which matches no non-universal item key."""
+    no code has an empty sequence, which matches no non-universal item key. A protocol key matches one of the
+    step's protocol codes, or its procedure's code when it has none (what the answer holds, see the answer
+    template of interfaces.dicom.worklist)."""
     clauses = [c for c in (text_clause(RequestedProcedure.code_value, key.value),
                            text_clause(RequestedProcedure.code_scheme, key.scheme),
                            text_clause(RequestedProcedure.code_meaning, key.meaning)) if c is not None]
-    return and_(RequestedProcedure.code_value != "", *clauses) if clauses else None
+    if not clauses:
+        return None
+    by_procedure = and_(RequestedProcedure.code_value != "", *clauses)
+    if not key.protocol:
+        return by_procedure
+    own = [c for c in (text_clause(StepProtocolCode.code_value, key.value),
+                       text_clause(StepProtocolCode.code_scheme, key.scheme),
+                       text_clause(StepProtocolCode.code_meaning, key.meaning)) if c is not None]
+    mine = StepProtocolCode.step_fk == ProcedureStep.id
+    return or_(exists().where(mine, *own), and_(~exists().where(mine), by_procedure))
 
 
 _COLUMNS = (
@@ -324,7 +355,8 @@ def _items_select(dialect: str) -> Select:
     """What every worklist query selects, and from where (built once per dialect)."""
     return (
         select(*_COLUMNS, _stations_of_step(dialect), ProcedureStep.station_name, ProcedureStep.scheduled_start,
-               STEP_DESCRIPTION, ProcedureStep.performing_physician, ProcedureStep.status, ProcedureStep.id)
+               STEP_DESCRIPTION, ProcedureStep.performing_physician, ProcedureStep.status,
+               ProcedureStep.expected_duration_minutes, ProcedureStep.id)
         .select_from(ProcedureStep)
         .join(RequestedProcedure, ProcedureStep.procedure_fk == RequestedProcedure.id)
         .join(Order, RequestedProcedure.order_fk == Order.id)
@@ -413,14 +445,33 @@ def _no_index(column):
 
 
 def find_worklist_items(session: Session, q: WorklistQuery) -> list[WorklistItem]:
-    return [_row_item(row) for row in session.connection().execute(build_query(session, q))]
+    items = [_row_item(row) for row in session.connection().execute(build_query(session, q))]
+    return _with_protocol_codes(session, items)
+
+
+_PROTOCOLS = (select(StepProtocolCode.step_fk, StepProtocolCode.code_value, StepProtocolCode.code_scheme,
+                     StepProtocolCode.code_meaning).order_by(StepProtocolCode.id))
+
+
+def _with_protocol_codes(session: Session, items: list[WorklistItem], chunk: int = 900) -> list[WorklistItem]:
+    """The items with their steps' protocol codes (one indexed query per ``chunk`` items; most steps have none)."""
+    codes: dict[int, list[Code]] = {}
+    for start in range(0, len(items), chunk):
+        keys = [item.step_pk for item in items[start:start + chunk]]
+        for step_fk, value, scheme, meaning in session.connection().execute(
+                _PROTOCOLS.where(StepProtocolCode.step_fk.in_(keys))):
+            codes.setdefault(step_fk, []).append(Code(value, scheme, meaning))
+    if not codes:
+        return items
+    return [replace(item, protocol_codes=tuple(codes[item.step_pk])) if item.step_pk in codes else item
+            for item in items]
 
 
 def _row_item(row) -> WorklistItem:
     (patient_id, issuer, name, birth_date, sex, accession, placer, placer_issuer, filler, referring, requesting,
      reason, order_priority, rp_id, study_uid, code_value, code_scheme, code_meaning, procedure_description,
      procedure_priority, sps_id, modality, stations, station_name, start, step_description, performing,
-     status, pk) = row
+     status, duration, pk) = row
     return WorklistItem(
         patient_id=patient_id, issuer=issuer, patient_name=name, birth_date=birth_date, sex=sex,
         accession_number=accession, placer_order_number=placer, placer_issuer=placer_issuer,
@@ -431,6 +482,7 @@ def _row_item(row) -> WorklistItem:
         modality=modality, station_aets=tuple(stations.split("\\")) if stations else (), station_name=station_name,
         scheduled_start=start, step_description=step_description, performing_physician=performing,
         step_status=status.value if isinstance(status, StepStatus) else str(status), step_pk=pk,
+        expected_duration_minutes=duration,
     )
 
 
@@ -453,4 +505,6 @@ def to_item(step: ProcedureStep) -> WorklistItem:
         scheduled_start=step.scheduled_start, step_description=_first_nonempty(step.description,
                                                                                   procedure_description),
         performing_physician=step.performing_physician, step_status=step.status.value, step_pk=step.id,
+        protocol_codes=tuple(Code(c.code_value, c.code_scheme, c.code_meaning) for c in step.protocol_codes),
+        expected_duration_minutes=step.expected_duration_minutes,
     )

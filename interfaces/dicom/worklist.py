@@ -19,7 +19,7 @@ matching inside the Scheduled Procedure Step Sequence and the code sequences. Th
 - scheduled procedure step: Modality, ScheduledStationAETitle (any of a step's titles), ScheduledStationName,
   ScheduledProcedureStepStartDate/Time, ScheduledPerformingPhysicianName (a Required key),
   ScheduledProcedureStepDescription, ScheduledProcedureStepID, ScheduledProcedureStepStatus,
-  ScheduledProtocolCodeSequence (the step's protocol is its procedure's code).
+  ScheduledProtocolCodeSequence (the step's protocol codes as mapped, else its procedure's code).
 
 Every other key of Table K.6-1 is Optional and the engine holds no data for it (visit, patient medical
 keys, SPS location, contrast agent, ...): as K.2.2.1.1.2 allows, it is not matched but returned, empty, as
@@ -190,7 +190,7 @@ def query_from_identifier(ds: Dataset, config: WorklistConfig, calling_aet: str 
             at = f"{parent}.{keyword}" if parent else keyword
             codes.append(CodeKey(value=text_key(item, "CodeValue", at),
                                  scheme=text_key(item, "CodingSchemeDesignator", at),
-                                 meaning=text_key(item, "CodeMeaning", at)))
+                                 meaning=text_key(item, "CodeMeaning", at), protocol=bool(parent)))
     return WorklistQuery(
         **fields,
         study_uids=uid_list(ds, "StudyInstanceUID"),
@@ -212,6 +212,11 @@ def _code_items(item: WorklistItem) -> list:
     return [item] if item.code_value else []
 
 
+def _protocol_items(item: WorklistItem) -> list:
+    """The step's protocol codes as the profile mapped them (step.protocol_codes), else its procedure's code."""
+    return list(item.protocol_codes) or _code_items(item)
+
+
 _CODE = {
     "CodeValue": lambda i: i.code_value,
     "CodingSchemeDesignator": lambda i: i.code_scheme,
@@ -226,14 +231,16 @@ def answer_template(config: WorklistConfig) -> dict:
         "ScheduledStationAETitle": lambda i: list(i.station_aets) or config.unassigned_station_aet,
         "ScheduledProcedureStepStartDate": lambda i: i.scheduled_start.strftime("%Y%m%d"),
         "ScheduledProcedureStepStartTime": lambda i: i.scheduled_start.strftime("%H%M%S"),
+        # Type 3: start + the step's expected duration (step.expected_duration), empty when unknown
+        "ScheduledProcedureStepEndDate": lambda i: i.scheduled_end.strftime("%Y%m%d") if i.scheduled_end else "",
+        "ScheduledProcedureStepEndTime": lambda i: i.scheduled_end.strftime("%H%M%S") if i.scheduled_end else "",
         "Modality": lambda i: i.modality,
         "ScheduledPerformingPhysicianName": lambda i: i.performing_physician,
         "ScheduledProcedureStepDescription": lambda i: i.step_description,
         "ScheduledStationName": lambda i: i.station_name,
         "ScheduledProcedureStepLocation": lambda i: "",
         "PreMedication": lambda i: "",
-        # The core keeps no protocol code per step: the requested procedure code stands in for it.
-        "ScheduledProtocolCodeSequence": Nested(_CODE, _code_items),
+        "ScheduledProtocolCodeSequence": Nested(_CODE, _protocol_items),
         "ScheduledProcedureStepID": lambda i: i.sps_id,
         "RequestedContrastAgent": lambda i: "",
         "ScheduledProcedureStepStatus": lambda i: _STEP_STATUS_TERMS.get(StepStatus(i.step_status), i.step_status),

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from app.commands import Cause, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
+from app.commands import Cause, CodeData, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
 from app.db import unit_of_work
 from app.services.dispatch import apply_command
 from app.storage import ArchiveStore
@@ -107,7 +107,8 @@ def place(session_factory, settings):
                rp_id: str = "", sps_id: str = "", study_uid: str = "", code: tuple[str, str, str] = ("", "", ""),
                station_name: str = "", step_description: str = "", procedure_description: str = "",
                placer: str = "", priority: str = "", referring: str = "", requesting: str = "",
-               reason: str = "", performing: str = "") -> str:
+               reason: str = "", performing: str = "", protocols: tuple[tuple[str, str, str], ...] = (),
+               duration: float | None = None) -> str:
         command = PlaceOrder(
             patient=PatientData(patient_id=patient_id, issuer=issuer, name=name, birth_date=birth_date,
                                 birth_date_given=birth_date is not None, sex=sex),
@@ -119,7 +120,8 @@ def place(session_factory, settings):
                     code_scheme=code[1], code_meaning=code[2], description=procedure_description,
                     steps=(StepData(sps_id=sps_id, modality=modality, scheduled_start=start, station_aets=aets,
                                     station_name=station_name, description=step_description,
-                                    performing_physician=performing),),
+                                    performing_physician=performing, expected_duration_minutes=duration,
+                                    protocol_codes=tuple(CodeData(*c) for c in protocols)),),
                 ),),
             ),
         )

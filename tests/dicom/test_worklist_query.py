@@ -191,7 +191,8 @@ def test_code_sequences_status_and_priority_keys(config):
                          "ScheduledProtocolCodeSequence": {"CodeValue": "P1", "CodeMeaning": "Abd*"}})
     ds.RequestedProcedureCodeSequence = Sequence([_item({"CodingSchemeDesignator": "LOCAL"})])
     q = query_from_identifier(ds, config)
-    assert set(q.codes) == {CodeKey(scheme=Text("LOCAL")), CodeKey(value=Text("P1"), meaning=Text("Abd*"))}
+    assert set(q.codes) == {CodeKey(scheme=Text("LOCAL")),
+                            CodeKey(value=Text("P1"), meaning=Text("Abd*"), protocol=True)}   # the SPS's
     assert [s.value for s in q.statuses] == ["SCHEDULED"]            # only visible statuses, and only this one
     assert set(q.priorities) == {"STAT", "S"}                         # stored codes shown as STAT
     assert query_from_identifier(identifier(sps={"ScheduledProcedureStepStatus": "STARTED"}), config).statuses == ()
@@ -214,11 +215,13 @@ def test_keys_without_data_are_return_keys_only(config):
 
 def test_every_answered_key_of_the_template_is_matched(config):
     """What the engine answers it also matches on (B1): every key of the answer template, at top level and in
-    the SPS item, is a matching key, except the Type 2 SPS keys the engine holds no data for."""
+    the SPS item, is a matching key, except the Type 2 SPS keys the engine holds no data for and the SPS end date
+    and time (Table K.6-1: return keys of Type 3, no matching key type)."""
     template = answer_template(config)
     sps_keys = set(template["ScheduledProcedureStepSequence"].template)
     no_data = {"ScheduledProcedureStepLocation", "PreMedication", "RequestedContrastAgent"}
-    assert (set(template) | sps_keys) - {"ScheduledProcedureStepSequence"} - no_data <= MATCHED_KEYS
+    return_only = {"ScheduledProcedureStepEndDate", "ScheduledProcedureStepEndTime"}
+    assert (set(template) | sps_keys) - {"ScheduledProcedureStepSequence"} - no_data - return_only <= MATCHED_KEYS
 
 
 # Identifier validation (every key, shared with Q/R) ----------------------------------------------------------

@@ -98,6 +98,30 @@ def test_findscu_responses_carry_charset_and_utf8_name(server, worklist, tmp_out
     assert (sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime) == ("20240312", "093000")
 
 
+def test_findscu_protocol_codes_and_end_time_of_the_mapped_step(server, place, tmp_out):
+    """The Scheduled Protocol Code Sequence holds the step's protocol codes as the profile mapped them (else the
+    procedure's code), and a protocol key matches them; the SPS end is the start plus the expected duration
+    (PS3.4 Table K.6-1, return keys of Type 3)."""
+    place("ACC-P1", patient_id="P-P1", code=("CTH", "LOCAL", "CT head"), start=dt.datetime(2024, 3, 12, 23, 40),
+          protocols=(("PROT-A", "99LOCAL", "Head routine"), ("PROT-B", "99LOCAL", "Head thin slices")), duration=45)
+    place("ACC-P2", patient_id="P-P2", code=("CTC", "LOCAL", "CT chest"), start=dt.datetime(2024, 3, 12, 9, 0))
+    protocol = SPS + "ScheduledProtocolCodeSequence[0]."
+    result, responses = find(server, tmp_out, protocol + "CodeValue", protocol + "CodingSchemeDesignator",
+                             protocol + "CodeMeaning", SPS + "ScheduledProcedureStepEndDate",
+                             SPS + "ScheduledProcedureStepEndTime")
+    assert final_status(result) == "Success"
+    by_accession = {r.AccessionNumber: r.ScheduledProcedureStepSequence[0] for r in responses}
+    mapped, plain = by_accession["ACC-P1"], by_accession["ACC-P2"]
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in mapped.ScheduledProtocolCodeSequence] == [
+        ("PROT-A", "99LOCAL", "Head routine"), ("PROT-B", "99LOCAL", "Head thin slices")]
+    assert (mapped.ScheduledProcedureStepEndDate, mapped.ScheduledProcedureStepEndTime) == ("20240313", "002500")
+    assert [c.CodeValue for c in plain.ScheduledProtocolCodeSequence] == ["CTC"]          # the procedure's code
+    assert (plain.ScheduledProcedureStepEndDate, plain.ScheduledProcedureStepEndTime) == ("", "")
+    for value, expected in (("PROT-B", ["ACC-P1"]), ("CTH", []), ("CTC", ["ACC-P2"]), ("PROT*", ["ACC-P1"])):
+        result, responses = find(server, tmp_out, protocol + f"CodeValue={value}")
+        assert (final_status(result), accessions(responses)) == ("Success", expected), value
+
+
 @pytest.mark.parametrize("date", ["20240312,", "2024-03-12"])
 def test_findscu_malformed_date_fails(server, worklist, tmp_out, date):
     result, responses = find(server, tmp_out, SPS + f"ScheduledProcedureStepStartDate={date}")
