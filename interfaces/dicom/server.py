@@ -129,6 +129,9 @@ def quiet_pynetdicom() -> None:
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
+LISTEN_BACKLOG = 128   # pending connections the kernel keeps for accept (asyncio's default is 100)
+
+
 class DicomServer:
     """The AE listening on ``settings.host``:``settings.dicom_port`` (0 = any free port, see :attr:`port`)."""
 
@@ -196,6 +199,10 @@ class DicomServer:
         self.committer.start()
         self._server = self.ae.start_server((self.settings.host, self.settings.dicom_port), block=False,
                                             evt_handlers=self.handlers)
+        # socketserver listens with a backlog of 5: a burst of modalities connecting at once (a morning's
+        # worklist refresh, a study sent over many associations) overflowed it, and the kernel then drops the
+        # SYNs beyond it, each retried only after a second. listen() again with the MLLP listener's depth.
+        self._server.socket.listen(LISTEN_BACKLOG)
         self._server.contexts = ContextsCopiedCheaply(self._server.contexts)
         log.debug("DICOM AE %s listening on %s:%d", self.settings.dicom_aet, self.settings.host, self.port)
 

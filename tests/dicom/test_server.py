@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from interfaces.dicom import statuses
-from interfaces.dicom.server import STORAGE_TRANSFER_SYNTAXES, DicomServer
+from interfaces.dicom.server import LISTEN_BACKLOG, STORAGE_TRANSFER_SYNTAXES, DicomServer
 from tests.dicom.conftest import associate, run_dcmtk, scu
 
 
@@ -24,6 +25,15 @@ def test_every_storage_class_with_every_transfer_syntax(server):
     assert len(supported) >= len(AllStoragePresentationContexts) + 3      # + echo, worklist, MPPS
     for cx in AllStoragePresentationContexts:
         assert supported[cx.abstract_syntax] == STORAGE_TRANSFER_SYNTAXES
+
+
+def test_the_listen_backlog_takes_a_burst_of_modalities(server):
+    """The kernel keeps LISTEN_BACKLOG connections waiting for accept (socketserver's 5 dropped a burst's SYNs).
+    ss shows a listening socket's backlog as its Send-Q."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.strip().splitlines()
+    assert int(line.split()[2]) == LISTEN_BACKLOG == 128
 
 
 def test_accepted_sockets_have_tcp_nodelay(server):
