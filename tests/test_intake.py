@@ -244,6 +244,21 @@ def test_missing_accession_is_assigned_by_the_engine(intake, read_factory):
     assert ack["MSA"][1] == "AA"
     [item] = worklist(read_factory, patient_id="PAT-1")
     assert item.accession_number.startswith("RIS") and len(item.accession_number) <= 16
+    assert item.filler_order_number == item.accession_number      # and the order filler's number with it
+
+
+def test_an_order_without_a_filler_order_number_gets_ours(intake, read_factory):
+    """corpus orm_o01_v22_hapi_nw_no_filler_lf: NW without ORC-3/OBR-3 - the order filler numbers the order
+    (HL7 v2.5.1 4.5.1.3); a sender's own ORC-3 is kept."""
+    assert segments(intake.handle(orm("NW", "F1", placer="PL-F1", accession="ACC-F1")))["MSA"][1] == "AA"
+    [item] = worklist(read_factory, patient_id="PAT-1")
+    assert (item.placer_order_number, item.filler_order_number) == ("PL-F1", "ACC-F1")
+    given = orm("NW", "F2", placer="PL-F2", accession="ACC-F2", pid="PAT-2").replace(b"ORC|NW|PL-F2^HIS||",
+                                                                                     b"ORC|NW|PL-F2^HIS|HISFILL-9|")
+    assert b"|HISFILL-9|" in given
+    assert segments(intake.handle(given))["MSA"][1] == "AA"
+    [other] = worklist(read_factory, patient_id="PAT-2")
+    assert other.filler_order_number == "HISFILL-9"
 
 
 def test_too_long_accession_is_refused(intake):

@@ -52,7 +52,8 @@ _PROCEDURES = select(_RP.c.id, _RP.c.requested_procedure_id, _RP.c.state).where(
     _RP.c.order_fk == bindparam("order")).order_by(_RP.c.id)
 _STEPS = select(_S.c.id, _S.c.procedure_fk, _S.c.status).join(_RP, _RP.c.id == _S.c.procedure_fk).where(
     _RP.c.order_fk == bindparam("order")).order_by(_S.c.id)
-_SET_ACCESSION = update(_O).where(_O.c.id == bindparam("order")).values(accession_number=bindparam("accession"))
+_SET_ACCESSION = update(_O).where(_O.c.id == bindparam("order")).values(accession_number=bindparam("accession"),
+                                                                      filler_order_number=bindparam("filler"))
 _SET_STEP_STATUS = update(_S).where(_S.c.id == bindparam("id")).values(status=bindparam("status"))
 _SET_STATE = update(_RP).where(_RP.c.id == bindparam("id")).values(state=bindparam("state"))
 _RELEASE = update(_APPT).where(_APPT.c.step_fk == bindparam("id"),
@@ -144,10 +145,16 @@ def place(session: Session, command: PlaceOrder, cause: Cause, *, uid_root: str,
     values = {"patient_fk": patient.id, "status": OrderStatus.SCHEDULED, "sender": cause.sender,
               "source_message_fk": cause.message_fk, "accession_number": data.accession_number or "", "version": 1,
               **_order_fields(data)}
+    # This engine is the order filler: an order that comes without a filler order number gets the accession
+    # number as its own (HL7 v2.5.1 4.5.1.3, ORC-3 "assigned by the filler application"), which the status
+    # messages to the HIS carry in ORC-3/OBR-3 from then on.
+    values["filler_order_number"] = values["filler_order_number"] or values["accession_number"]
     order_id = insert_row(session, _O, values, record=False)
     if not data.accession_number:  # the order number is the basis of a generated accession
         values["accession_number"] = f"{accession_prefix}{order_id:08d}"[:16]
-        run(session, _SET_ACCESSION, {"order": order_id, "accession": values["accession_number"]})
+        values["filler_order_number"] = values["filler_order_number"] or values["accession_number"]
+        run(session, _SET_ACCESSION, {"order": order_id, "accession": values["accession_number"],
+                                      "filler": values["filler_order_number"]})
     note(session, {"action": "created", "entity": "orders", "id": order_id,
                    "values": {k: plain(v) for k, v in values.items()}})
     accession = values["accession_number"]

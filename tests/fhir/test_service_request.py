@@ -55,8 +55,9 @@ def test_fhir_order_and_hl7_order_give_the_same_worklist_item(fhir, intake, read
     different = {f.name for f in dataclasses.fields(from_hl7)
                  if getattr(from_hl7, f.name) != getattr(from_fhir, f.name)}
     # Only identifiers and texts the two orders carry differently; patient, modality, time, code are the same.
-    assert different <= {"accession_number", "placer_order_number", "placer_issuer", "requested_procedure_id",
-                         "sps_id", "study_instance_uid", "procedure_description", "step_description", "step_pk"}
+    assert different <= {"accession_number", "placer_order_number", "placer_issuer", "filler_order_number",
+                         "requested_procedure_id", "sps_id", "study_instance_uid", "procedure_description",
+                         "step_description", "step_pk"}     # (the filler order number is the accession here)
     assert from_fhir.scheduled_start == from_hl7.scheduled_start and from_fhir.modality == "MR"
 
 
