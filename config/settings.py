@@ -161,7 +161,9 @@ class Settings:
     resources_dir: str = _doc("Folder of the scheduling resources (rooms, modalities: *.yaml, see mappings/resources.py), "
                               "loaded at start; empty means <mappings_dir>/resources.", "")
     noshow_after_minutes: float = _doc("A scheduled procedure whose patient has not arrived this many minutes after its "
-                                       "start is marked no-show (back to ORDERED, its booking freed; 0 = never).", 60.0)
+                                       "start (and after it reached the worklist) is marked no-show (back to "
+                                       "ORDERED, its booking freed); 0 = never, the default: a site's policy to "
+                                       "opt into (e.g. 60).", 0.0)
     worklist_stale_hours: tuple[str, ...] = _doc(
         "Stale worklist housekeeping: STATUS=hours, comma separated; a step left in STATUS that long after its "
         "scheduled start is discontinued and leaves the worklist.", ("SCHEDULED=168", "ARRIVED=24", "READY=24",

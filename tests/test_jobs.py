@@ -7,14 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.commands import Cause, OrderData, OrderRef, PatientData, PlaceOrder, ProcedureData, StepData
 from app.db import make_engine, make_session_factory, unit_of_work
-from app.models import (Appointment, DailyStatistics, OrderStatus, OutboxMessage,
-                        ProcedureState, ProcedureTransition, StepStatus)
+from app.models import (Appointment, DailyStatistics, LinkStatus, OrderStatus, OutboxMessage, ProcedureState,
+                        ProcedureStep, ProcedureTransition, StepStatus, Study)
 from app.services import outbox, scheduling, tracking
 from app.services.orders import place_order
 from interfaces.scheduler import jobs
@@ -93,8 +94,14 @@ def test_no_shows_are_marked_once_by_two_engines(wired, job_settings, db_url):
             for n in range(8)]
     arrived = _place(wired, 100, NOW - dt.timedelta(hours=2))
     not_yet = _place(wired, 101, NOW - dt.timedelta(minutes=30))
+    entered_late = _place(wired, 102, NOW - dt.timedelta(hours=3))    # in the worklist for 20 minutes only
+    imaged = _place(wired, 103, NOW - dt.timedelta(hours=3))          # its images came: the patient was here
     with unit_of_work(wired) as session:
         tracking.arrive(session, tracking.find_procedure(session, arrived), Cause("hl7", reference="A10"))
+        order = tracking.find_procedure(session, imaged).order
+        session.add(Study(study_instance_uid="1.2.3.103", order_fk=order.id, link_status=LinkStatus.LINKED))
+    _left_since(wired, late + [imaged], NOW - dt.timedelta(hours=3))
+    _left_since(wired, [entered_late], NOW - dt.timedelta(minutes=20))
     marked = _race(db_url, lambda factory: jobs.mark_no_shows(factory, job_settings, now=NOW))
     assert sum(marked) == len(late)
     with unit_of_work(wired) as session:
@@ -106,10 +113,19 @@ def test_no_shows_are_marked_once_by_two_engines(wired, job_settings, db_url):
             assert moved.note == "no-show: not arrived 60 minutes after the scheduled time"
         assert tracking.find_procedure(session, arrived).state is ProcedureState.ARRIVED
         assert tracking.find_procedure(session, not_yet).state is ProcedureState.SCHEDULED
+        assert [tracking.find_procedure(session, p).state for p in (entered_late, imaged)] == [
+            ProcedureState.SCHEDULED] * 2
         bookings = session.scalars(select(Appointment.status)).all()
         assert sorted(b.value for b in bookings) == ["NOSHOW"] * 4
     assert jobs.mark_no_shows(wired, job_settings, now=NOW) == 0                   # nothing left to do
     assert jobs.mark_no_shows(wired, dataclasses.replace(job_settings, noshow_after_minutes=0), now=NOW) == 0
+
+
+def _left_since(factory, proc_ids, local: dt.datetime) -> None:
+    """As if the procedures' steps had last changed at ``local`` (site time)."""
+    utc = local.replace(tzinfo=ZoneInfo(ZONE)).astimezone(dt.timezone.utc).replace(tzinfo=None)
+    with unit_of_work(factory) as session:
+        session.execute(update(ProcedureStep).where(ProcedureStep.procedure_fk.in_(proc_ids)).values(updated_at=utc))
 
 
 def test_stale_worklist_steps_are_discontinued_once_with_a_delay_per_status(wired, job_settings, db_url):
@@ -118,8 +134,19 @@ def test_stale_worklist_steps_are_discontinued_once_with_a_delay_per_status(wire
     arrived = _place(wired, 51, NOW - dt.timedelta(hours=30))                           # ARRIVED > 24 h
     with unit_of_work(wired) as session:
         tracking.arrive(session, tracking.find_procedure(session, arrived), Cause("hl7", reference="A10"))
+    late = _place(wired, 52, NOW - dt.timedelta(days=8))        # sent 3 days ago for a time long past: not stale
+    imaged = _place(wired, 53, NOW - dt.timedelta(days=8))      # its images are linked: performed, not stale
+    with unit_of_work(wired) as session:
+        order = tracking.find_procedure(session, imaged).order
+        session.add(Study(study_instance_uid="1.2.3.53", order_fk=order.id, link_status=LinkStatus.LINKED))
+    _left_since(wired, old + [imaged], NOW - dt.timedelta(days=8))
+    _left_since(wired, [recent], NOW - dt.timedelta(days=3))
+    _left_since(wired, [arrived], NOW - dt.timedelta(hours=29))
+    _left_since(wired, [late], NOW - dt.timedelta(days=3))
     done = _race(db_url, lambda factory: jobs.discontinue_stale_steps(factory, job_settings, now=NOW))
     assert sum(done) == len(old) + 1
+    with unit_of_work(wired) as session:
+        assert [tracking.find_procedure(session, p).state for p in (late, imaged)] == [ProcedureState.SCHEDULED] * 2
     with unit_of_work(wired) as session:
         for proc_id in old + [arrived]:
             proc = tracking.find_procedure(session, proc_id)

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 
 from app.commands import Cause, PerformedSeriesData, PerformedStepData
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import (AppointmentStatus, Order, OrderStatus, PerformedSeries, PerformedStatus, PerformedStep, Patient,
-                        ProcedureState, ProcedureStep, RequestedProcedure, StepStatus, utcnow)
+from app.models import (AppointmentStatus, LinkStatus, Order, OrderStatus, PerformedSeries, PerformedStatus,
+                        PerformedStep, Patient, ProcedureState, ProcedureStep, RequestedProcedure, StepStatus, Study,
+                        utcnow)
 from app.services import lifecycle, scheduling
 
 FINAL_STEP = (StepStatus.COMPLETED, StepStatus.DISCONTINUED, StepStatus.CANCELLED)
@@ -217,12 +218,13 @@ def patient_arrived(session: Session, patient: Patient, at: dt.datetime | None, 
     if at is None:
         return []
     day = dt.datetime.combine(at.date(), dt.time())
-    procs = session.scalars(
-        select(RequestedProcedure).join(RequestedProcedure.order).join(RequestedProcedure.steps)
-        .where(Order.patient_fk == patient.id, RequestedProcedure.state == ProcedureState.SCHEDULED,
-               ProcedureStep.status == StepStatus.SCHEDULED, ProcedureStep.scheduled_start >= day,
-               ProcedureStep.scheduled_start < day + dt.timedelta(days=1))
-        .order_by(RequestedProcedure.id).distinct()).all()
+    due = (select(RequestedProcedure.id).join(RequestedProcedure.order).join(RequestedProcedure.steps)
+           .where(Order.patient_fk == patient.id, RequestedProcedure.state == ProcedureState.SCHEDULED,
+                  ProcedureStep.status == StepStatus.SCHEDULED, ProcedureStep.scheduled_start >= day,
+                  ProcedureStep.scheduled_start < day + dt.timedelta(days=1)))
+    # by key: SELECT DISTINCT over the whole row fails on PostgreSQL (json has no equality: fhir_elements)
+    procs = session.scalars(select(RequestedProcedure).where(RequestedProcedure.id.in_(due))
+                            .order_by(RequestedProcedure.id)).all()
     for proc in procs:
         arrive(session, proc, cause, note=f"arrived {at:%Y-%m-%d %H:%M}")
     session.flush()
@@ -295,17 +297,33 @@ def complete(session: Session, proc: RequestedProcedure, cause: Cause) -> Reques
     return proc
 
 
+def _utc(session: Session, local: dt.datetime) -> dt.datetime:
+    """A site-local naive time as the naive UTC of the ``created``/``updated`` columns."""
+    return local.replace(tzinfo=scheduling.site_zone(session)).astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _imaged_procedures():
+    """The procedures of orders with a linked study: images say the patient came and was examined (a modality
+    without MPPS), so neither a no-show nor stale; a person completes them (reconciliation)."""
+    return (select(RequestedProcedure.id).join(Study, Study.order_fk == RequestedProcedure.order_fk)
+            .where(Study.link_status == LinkStatus.LINKED))
+
+
 def mark_no_shows(session: Session, *, after_minutes: float, now: dt.datetime, limit: int = 200) -> list[int]:
-    """The no-show rule (a scheduled job): a SCHEDULED procedure none of whose steps started, and whose first step's
-    time is more than ``after_minutes`` before ``now`` (site-local), is a no-show. Each is claimed first - its open
-    steps go from SCHEDULED to UNSCHEDULED by a compare-and-set on their status, so of two engines sharing one
-    database exactly one marks it. Returns the procedure ids marked."""
+    """The no-show rule (a scheduled job): a SCHEDULED procedure none of whose steps started, whose first step's
+    time is more than ``after_minutes`` before ``now`` (site-local), and that has been in the worklist that long
+    (an order that arrives after its time - a walk-in entered late, a backlog - gets the same grace), is a no-show;
+    never one with linked images. Each is claimed first - its open steps go from SCHEDULED to UNSCHEDULED by a
+    compare-and-set on their status, so of two engines sharing one database exactly one marks it. Returns the
+    procedure ids marked."""
     due = now - dt.timedelta(minutes=after_minutes)
-    first = (select(ProcedureStep.procedure_fk, func.min(ProcedureStep.scheduled_start).label("first"))
+    first = (select(ProcedureStep.procedure_fk, func.min(ProcedureStep.scheduled_start).label("first"),
+                    func.max(ProcedureStep.updated_at).label("touched"))
              .group_by(ProcedureStep.procedure_fk).subquery())
     ids = list(session.scalars(
         select(RequestedProcedure.id).join(first, first.c.procedure_fk == RequestedProcedure.id)
-        .where(RequestedProcedure.state == ProcedureState.SCHEDULED, first.c.first < due)
+        .where(RequestedProcedure.state == ProcedureState.SCHEDULED, first.c.first < due,
+               first.c.touched < _utc(session, due), RequestedProcedure.id.notin_(_imaged_procedures()))
         .order_by(RequestedProcedure.id).limit(limit)))
     marked = []
     cause = Cause("job", reference="no-show", sender=f"{after_minutes:g} minutes after the scheduled time")
@@ -326,7 +344,9 @@ def mark_no_shows(session: Session, *, after_minutes: float, now: dt.datetime, l
 def discontinue_stale_steps(session: Session, *, stale_after: dict[str, float], now: dt.datetime,
                             limit: int = 200) -> list[int]:
     """Stale worklist housekeeping (a scheduled job): a step left in a status of ``stale_after`` (status -> hours)
-    for longer than its delay after its scheduled time (site-local ``now``) is DISCONTINUED and leaves the worklist;
+    for longer than its delay, after its scheduled time (site-local ``now``) and since its last change (an order
+    that arrives long after its time stays that long too), is DISCONTINUED and leaves the worklist - never a step of
+    an order with linked images;
     a procedure whose steps are then all final is DISCONTINUED (COMPLETED when one was completed), an order whose
     procedures are all closed likewise. Each step is claimed by a compare-and-set on its status. Returns the step
     ids discontinued."""
@@ -337,9 +357,11 @@ def discontinue_stale_steps(session: Session, *, stale_after: dict[str, float], 
         except ValueError:
             raise InvalidInput(f"stale worklist housekeeping: {status_name!r} is not a step status",
                                location="worklist_stale_hours") from None
+        since = now - dt.timedelta(hours=hours)
         ids = list(session.scalars(
-            select(ProcedureStep.id).where(ProcedureStep.status == status,
-                                           ProcedureStep.scheduled_start < now - dt.timedelta(hours=hours))
+            select(ProcedureStep.id).where(ProcedureStep.status == status, ProcedureStep.scheduled_start < since,
+                                           ProcedureStep.updated_at < _utc(session, since),   # left that long
+                                           ProcedureStep.procedure_fk.notin_(_imaged_procedures()))
             .order_by(ProcedureStep.id).limit(limit)))
         for step_id in ids:
             claimed = session.execute(
