@@ -59,8 +59,9 @@ class Settings:
         "original ACK.", 7.0
     )
     hl7_processing_ids: tuple[str, ...] = _doc(
-        "MSH-11 processing ids (HL7 table 0103) whose messages are applied (D debugging would be applied like "
-        "production data: add it only for a sender that mislabels production).", ("P",))
+        "MSH-11 processing ids (HL7 table 0103) whose messages are applied. D (debugging) is applied like P by "
+        "default: senders label production traffic D (corpus: a 1994 RIS, the IHE PAM France samples), and "
+        "SOURCES.md's right behaviour for them is to apply them; set P alone to refuse D.", ("P", "D"))
     hl7_training_processing_ids: tuple[str, ...] = _doc(
         "MSH-11 processing ids whose messages are checked and acknowledged like any other but never applied "
         "(nothing of them reaches patients, orders or the worklist; the message is stored). Ids in neither list "

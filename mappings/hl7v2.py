@@ -540,9 +540,9 @@ class Mapper:
         action = self.profile.order_controls.get(control)
         if action is None:
             known = ", ".join(sorted(self.profile.order_controls))
-            raise Unsupported(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
-                              f"{known})", location=ctx.origins.get("order.control")
-                              or where("ORC", self.occurrence(msg, "ORC", first, {}) or 1, 1))
+            raise UnknownCode(f"unsupported order control {control!r} (profile {self.profile.name!r} handles "
+                               f"{known}; HL7 table 0119)", location=ctx.origins.get("order.control")
+                               or where("ORC", self.occurrence(msg, "ORC", first, {}) or 1, 1))
         ref = self.order_ref(msg, ctx, first)
         step_status = self.profile.step_status(control, self.text("order.status", msg, ctx, first))
         if action == "status" and step_status:

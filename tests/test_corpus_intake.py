@@ -27,12 +27,9 @@ EXPECTED_ACK = {
     "orm_o01_v231_nhapi_lab_order_not_imaging.hl7": "AE",      # not an imaging order: no modality
     "orm_o01_v24_mirth_whitespace_padded_crlf.hl7": "AE",      # ORM without ORC/OBR
     "orm_o01_v231_hapi_utf8_slovenian_af.hl7": "AR",           # MSH-11 '1' (and ORC-1 AF unsupported)
-    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AR",   # MSH-11 D (and ORC-1 XR unsupported)
-    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AR",  # MSH-11 D (and ORC-1 CR unsupported)
-    # MSH-11 D (debugging, HL7 table 0103) is not applied by default (RIS_HL7_PROCESSING_IDS=P): SOURCES.md's
-    # "create the order" / "use the local PI" hold once a site accepts D (test_*_when_d_is_accepted below)
-    "orm_o01_v22_hapi_nw_no_filler_lf.hl7": "AR",
-    "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7": "AR",
+    # ORC-1 XR / CR (filler-side codes): "ACK AE 'unsupported order control'" (SOURCES.md), code 103 (table 0119)
+    "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7": "AE",
+    "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7": "AE",
     "orm_o01_v24_screenit_od_ca_trailing_pipes_lf.hl7": "AE",  # OD honoured, but the order is unknown
     "adt_a47_v251_dcm4che_change_patient_id.hl7": "AE",        # the prior identifier is unknown here
     # JJ1017 codes only, no modality field: needs a code table in the site's profile
@@ -45,9 +42,9 @@ EXPECTED_ACK = {
     "orm_o01_v24_screenit_xo_sc_mammo_lf.hl7": "AE",           # XO of an unknown order
 }
 # Refused for MSH-11 (ERR code 202, HL7 table 0357): processing id not accepted.
-PROCESSING_ID_REFUSED = {"orm_o01_v231_hapi_utf8_slovenian_af.hl7", "orm_o01_v22_hapi_xr_changed_as_requested_lf.hl7",
-                         "orm_o01_v22_hapi_cr_canceled_as_requested_lf.hl7", "orm_o01_v22_hapi_nw_no_filler_lf.hl7",
-                         "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7"}
+# MSH-11 D (debugging) is applied like P by default (RIS_HL7_PROCESSING_IDS=P,D), as SOURCES.md says for the files
+# that carry it; '1' is no processing id at all.
+PROCESSING_ID_REFUSED = {"orm_o01_v231_hapi_utf8_slovenian_af.hl7"}
 # Batches: each message is applied and answered; the answer is a batch of ACKs (HL7 v2.5.1 2.10.3).
 BATCHES = {"batch_fhs_bhs_no_trailers_orm_v24_mirth_crlf.hl7": ["AE"],      # XO of an unknown order
            "batch_file_fhs_bhs_adt_a04_v25_pythonhl7.hl7": ["AA"],
@@ -101,18 +98,6 @@ def test_every_corpus_message_is_stored_and_answered(intake, session_factory, na
         assert msa(ack)[2] == stored.control_id
 
 
-@pytest.fixture
-def accepts_d(settings, session_factory):
-    """An intake that applies MSH-11 D (debugging) like P: for the corpus messages that carry it."""
-    import dataclasses
-
-    from interfaces.hl7.intake import HL7Intake
-    from mappings.profile import ProfileSet
-
-    return HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D")), session_factory,
-                     ProfileSet(settings.mappings_path).get("default"))
-
-
 @pytest.mark.corpus
 def test_a24_is_acknowledged_without_action_and_its_training_id_keeps_it_out(intake, session_factory):
     """SOURCES.md: "A24 links 11111 and 22222: either record the link or ACK AA/CA without action". MSH-11 is T
@@ -151,10 +136,8 @@ IMAGING_ORDERS = {
 
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", sorted(IMAGING_ORDERS))
-def test_imaging_orders_become_worklist_items(intake, accepts_d, read_factory, name):
+def test_imaging_orders_become_worklist_items(intake, read_factory, name):
     pid, accession, rp, sps, modality, study, start, aets = IMAGING_ORDERS[name]
-    if name == "orm_o01_v22_hapi_nw_no_filler_lf.hl7":  # MSH-11 D
-        intake = accepts_d
     ack = intake.handle(corpus_path("hl7", name).read_bytes())
     assert msa(ack)[1] in ("AA", "CA")  # CA: the sender asked for an accept ACK (MSH-15 AL)
     with unit_of_work(read_factory) as session:
@@ -200,8 +183,7 @@ def test_iso2022jp_patient_name(intake, session_factory):
 
 
 @pytest.mark.corpus
-def test_latin1_name_and_legal_id(accepts_d, session_factory):
-    intake = accepts_d  # MSH-11 D
+def test_latin1_name_and_legal_id(intake, session_factory):
     intake.handle(corpus_path("hl7", "adt_a31_v25_fr_pam_latin1_ins_vid_components.hl7").read_bytes())
     with unit_of_work(session_factory) as session:
         patient = session.scalars(select(Patient)).one()

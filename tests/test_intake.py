@@ -403,9 +403,11 @@ def test_status_change_cancel_and_noop(intake, read_factory):
     assert worklist(read_factory, accession_number="ACC-100") == []
 
 
-def test_unknown_order_control_is_ar(intake):
+def test_unknown_order_control_is_ae_table_value_not_found(intake):
+    """An ORC-1 the profile does not handle: AE naming ORC-1, code 103 (HL7 table 0357: table value not found;
+    ORC-1 is table 0119) - the sender's content, not its message type."""
     ack = intake.handle(orm("ZZ", "U9"))
-    assert segments(ack)["MSA"][1] == "AR" and err(ack)[0] == "ORC^1^1"
+    assert segments(ack)["MSA"][1] == "AE" and err(ack)[:2] == ("ORC^1^1", "103")
 
 
 def test_batch_in_one_frame_is_applied_and_answered_per_message(intake, session_factory, read_factory):
@@ -689,7 +691,7 @@ def test_reprocess_of_a_batch_applies_only_its_failed_messages(intake, session_f
     ("MSH-12 empty", b"|P|2.3.1", b"|P|", "203", "MSH^1^12"),
     ("MSH-12 9.9", b"|P|2.3.1", b"|P|9.9", "203", "MSH^1^12"),
     ("MSH-12 2.1", b"|P|2.3.1", b"|P|2.1", "203", "MSH^1^12"),
-    ("MSH-11 D", b"|P|2.3.1", b"|D|2.3.1", "202", "MSH^1^11"),
+    ("MSH-11 Q", b"|P|2.3.1", b"|Q|2.3.1", "202", "MSH^1^11"),
     ("MSH-11 empty", b"|P|2.3.1", b"||2.3.1", "202", "MSH^1^11"),
     ("MSH-11 X", b"|P|2.3.1", b"|X|2.3.1", "202", "MSH^1^11"),
 ])
@@ -730,7 +732,12 @@ def test_accepted_processing_ids_are_a_setting(settings, session_factory, read_f
 
     from config.settings import load_settings
 
-    assert load_settings(env={"RIS_HL7_PROCESSING_IDS": "P,D"}).hl7_processing_ids == ("P", "D")
+    assert load_settings(env={}).hl7_processing_ids == ("P", "D")            # D applied by default
+    assert load_settings(env={"RIS_HL7_PROCESSING_IDS": "P"}).hl7_processing_ids == ("P",)
+    strict = HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P",)), session_factory,
+                       ProfileSet(settings.mappings_path).get("default"))
+    refused = strict.handle(orm("NW", "S0", placer="PL-D", accession="ACC-D").replace(b"|P|2.3.1", b"|D|2.3.1"))
+    assert segments(refused)["MSA"][1] == "AR" and err(refused)[:2] == ("MSH^1^11", "202")
     lenient = HL7Intake(dataclasses.replace(settings, hl7_processing_ids=("P", "D"), hl7_training_processing_ids=()),
                         session_factory, ProfileSet(settings.mappings_path).get("default"))
     assert segments(lenient.handle(orm("NW", "S1").replace(b"|P|2.3.1", b"|D|2.3.1")))["MSA"][1] == "AA"
