@@ -507,7 +507,17 @@ def test_enhanced_acknowledgment_mode(intake, session_factory, accept, applicati
 
 def test_enhanced_mode_refusal_is_cr(intake):
     msg = hl7("MSH|^~\\&|HIS|HOSP|RIS|RAD|20261203||MFN^M02|R1|P|2.5.1|||AL|NE", "MFI|PRA")
-    assert segments(intake.handle(msg))["MSA"][1:3] == ["CR", "R1"]
+    reply = intake.handle(msg)
+    assert segments(reply)["MSA"][1:3] == ["CR", "R1"]
+    assert err(reply)[:2] == ("MSH^1^9", "200")               # why, as the AR would say: unsupported type
+
+
+@pytest.mark.parametrize("header, location, code", [(b"|Q|2.5.1|||AL|NE", "MSH^1^11", "202"),
+                                                     (b"|P|9.9|||AL|NE", "MSH^1^12", "203")])
+def test_enhanced_mode_cr_carries_the_refusals_code(intake, header, location, code):
+    """The accept ACK's CR names what the AR would (fresh-clone check: every CR said 207)."""
+    reply = intake.handle(orm("NW", "R2").replace(b"|P|2.3.1", header))
+    assert segments(reply)["MSA"][1:3] == ["CR", "R2"] and err(reply)[:2] == (location, code)
 
 
 def test_strict_structure_profile_refuses_a_malformed_message(settings, session_factory, tmp_path):

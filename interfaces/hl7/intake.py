@@ -259,7 +259,7 @@ class HL7Intake:
         result = self._with_retries(msg_id, reprocess=False, dry_run=False)
         return result.answer
 
-    def _reply(self, msg: Message, decoded, ack_code: str, ack: bytes, error: str) -> bytes | None:
+    def _reply(self, msg: Message, decoded, ack_code: str, ack: bytes, error: ErrorDetail | None) -> bytes | None:
         """The answer on the connection, by the acknowledgment rules of HL7 v2.5.1 2.9.
 
         Original mode (MSH-15 and MSH-16 both empty): the application ACK (AA/AE/AR).
@@ -279,7 +279,8 @@ class HL7Intake:
         accepted = ack_code != "AR"
         if _wanted(accept_type or "NE", accepted):
             code = "CA" if accepted else "CR"
-            errors = [] if accepted else [ErrorDetail("207", error or "refused", None)]
+            # a CR says why, as the AR would have (its table 0357 code and location: 202, 203, 200...)
+            errors = [] if accepted else [error or ErrorDetail("207", "refused", None)]
             text = build_ack(msg, code, errors=errors, app=self.settings.hl7_application,
                              facility=self.settings.hl7_facility, control_id=self._new_id(), now=self._now())
             return charsets.encode_text(text, decoded.codec)
@@ -504,7 +505,7 @@ class HL7Intake:
                              control_id=self._new_id(), now=self._now())
         ack = charsets.encode_text(ack_text, decoded.codec)
         error = outcome.error.text if outcome.error else ""
-        reply = self._reply(msg, decoded, outcome.ack_code, ack, error)
+        reply = self._reply(msg, decoded, outcome.ack_code, ack, outcome.error)
         differs = reply is not ack
         if not dry_run and differs and _wanted(_condition(msg.value("MSH", 16)) or "AL", outcome.ack_code == "AA"):
             warnings.append(self._send_application_ack(session, msg, row, ack_text, decoded.codec))
