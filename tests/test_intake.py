@@ -261,6 +261,18 @@ def test_an_order_without_a_filler_order_number_gets_ours(intake, read_factory):
     assert other.filler_order_number == "HISFILL-9"
 
 
+def test_a_nul_character_in_a_field_is_ae_naming_the_field(intake, read_factory, session_factory):
+    """No value may hold U+0000 (PostgreSQL refuses it; the HTTP edge says 400): AE naming the field, the raw
+    message kept, nothing applied (fresh-clone check: the NUL reached the worklist's PatientName)."""
+    ack = intake.handle(orm("NW", "N0", name="NU\x00LL^NINA"))
+    assert segments(ack)["MSA"][1] == "AE" and err(ack)[0] == "PID^1^5" and "NUL" in err(ack)[2]
+    assert worklist(read_factory) == []
+    second = orm("NW", "N1").replace(b"ORC|NW|", b"ORC|NW|\x00")
+    assert err(intake.handle(second))[0] == "ORC^1^2"
+    with unit_of_work(session_factory) as session:
+        assert [m.raw.count(b"\x00") for m in session.scalars(select(InboundMessage).order_by(InboundMessage.id))] == [1, 1]
+
+
 def test_too_long_accession_is_refused(intake):
     ack = intake.handle(orm("NW", "L1", accession="A" * 17))
     assert segments(ack)["MSA"][1] == "AE"

@@ -49,7 +49,7 @@ from interfaces.hl7.ack import (APPLICATION_ACK, ErrorDetail, build_ack, build_r
                                 version_tuple)
 from interfaces.hl7.structure import StructureError, validate_structure
 from interfaces.hl7.tokenizer import HL7ParseError, Message, parse, split_messages
-from mappings.hl7v2 import LocatedWarning, Mapper, charset_policy, locate, message_type
+from mappings.hl7v2 import LocatedWarning, Mapper, charset_policy, locate, message_type, where
 from mappings.profile import Profile, ProfileSet, SingleProfile
 from mappings.transforms import Context
 
@@ -191,6 +191,23 @@ def ack_for_error(exc: Exception) -> Outcome:
     if isinstance(exc, DomainError):
         return Outcome(MessageStatus.ERROR, "AE", ErrorDetail("207", text, location))
     return Outcome(MessageStatus.ERROR, "AE", ErrorDetail("207", f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def refuse_nul_characters(text: str) -> None:
+    """InvalidInput naming the field of the first NUL character (U+0000) of a message: no value the engine keeps may
+    hold one (PostgreSQL refuses it in every text column, a modality would get it in the worklist; the HTTP edge
+    refuses it too, interfaces.inputs). NULs between frames are the transport's, dropped by the MLLP framer."""
+    at = text.find("\x00")
+    if at < 0:
+        return
+    start = max(text.rfind("\r", 0, at), text.rfind("\n", 0, at)) + 1
+    segment = text[start:start + 3]
+    separator = text[3] if len(text) > 3 else "|"
+    field = text.count(separator, start, at) + (1 if segment == "MSH" else 0)
+    lines = text[:start].replace("\n", "\r").split("\r")
+    occurrence = 1 + sum(1 for line in lines if line.startswith(segment))
+    location = where(segment, occurrence, field)
+    raise InvalidInput(f"{location} contains a NUL character (U+0000), which no value may hold", location=location)
 
 
 class HL7Intake:
@@ -463,6 +480,7 @@ class HL7Intake:
         training = False
         try:
             training = not check_header(msg, self.settings)
+            refuse_nul_characters(decoded.text)
             if profile.strict_structure:
                 validate_structure(decoded.text)
             result = Mapper(profile).commands(msg, ctx)
