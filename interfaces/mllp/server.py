@@ -225,6 +225,11 @@ class MLLPServer:
             await self._serve_connection(conn, reader)
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("%s: connection from %s lost: %r", self.name, peer, exc)
+        except asyncio.CancelledError:
+            # stop() cancels the connections it closes. Ending normally: asyncio 3.11's StreamReaderProtocol asks
+            # a finished handler task for its exception, which raises for a cancelled task (logged as an ERROR
+            # traceback at every stop with a connection open; fixed in 3.12)
+            log.debug("%s: connection from %s closed by the listener's stop", self.name, peer)
         except Exception:
             log.exception("%s: connection from %s failed", self.name, peer)
         finally:

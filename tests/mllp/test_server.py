@@ -251,6 +251,17 @@ def test_max_connections(make_server):
         second.close()
 
 
+def test_stop_with_an_idle_connection_logs_no_error(make_server, caplog):
+    """asyncio 3.11 logged an ERROR traceback (CancelledError in reader.read) for each connection a stop closed."""
+    server = make_server(echo)
+    with caplog.at_level(logging.DEBUG), MLLPClient(HOST, server.port, timeout=5) as client:
+        assert wait_until(lambda: server.stats.active == 1, timeout=5)
+        server.stop(timeout=5)
+        client._sock.settimeout(5)
+        assert closed_by_peer(client._sock)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def test_stop_with_connected_clients_returns_promptly_and_finishes_in_flight_messages(make_server):
     started = threading.Event()
 
