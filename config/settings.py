@@ -119,6 +119,11 @@ class Settings:
     dicom_check_callers: bool = _doc(
         "Accept associations only from a known AE title calling from its configured host.", False
     )
+    dicom_check_called_aet: bool = _doc(
+        "Reject an association whose Called AE Title is not dicom_aet (A-ASSOCIATE-RJ, reason 7: called AE title "
+        "not recognised, PS3.8 9.3.4). Off by default, as wlmscpfs and Orthanc: modalities are often set up "
+        "with another title for the same server.", False
+    )
     dicom_resent_instance: str = _doc(
         "C-STORE of a SOP Instance UID already archived: 'replace' the file and index entry, 'ignore' it "
         "(success, nothing written) or 'reject' it (0111 Duplicate SOP Instance).", "replace"

@@ -156,6 +156,7 @@ class DicomServer:
         self.committer = GroupCommitter(session_factory, name="dicom-group-commit")
         self.ae = AE(ae_title=settings.dicom_aet)
         self.ae.maximum_associations = settings.dicom_max_associations
+        self.ae.require_called_aet = settings.dicom_check_called_aet
         self.ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
         self.ae.acse_timeout = ACSE_TIMEOUT
         self.ae.dimse_timeout = DIMSE_TIMEOUT

@@ -36,6 +36,28 @@ def test_the_listen_backlog_takes_a_burst_of_modalities(server):
     assert int(line.split()[2]) == LISTEN_BACKLOG == 128
 
 
+@pytest.mark.parametrize("check, accepted", [(False, True), (True, False)])
+def test_the_called_ae_title_is_checked_when_asked(settings, session_factory, read_factory, store, check, accepted):
+    import dataclasses
+
+    server = DicomServer(dataclasses.replace(settings, dicom_check_called_aet=check), session_factory, read_factory,
+                         store)
+    server.start()
+    try:
+        assoc = scu(Verification).associate("127.0.0.1", server.port, ae_title="WRONG_AE")
+        assert assoc.is_established is accepted
+        if accepted:
+            assoc.release()
+        else:
+            assert assoc.is_rejected
+            assert (assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 7)
+        right = associate(scu(Verification), server.port)
+        assert right.is_established
+        right.release()
+    finally:
+        server.stop()
+
+
 def test_accepted_sockets_have_tcp_nodelay(server):
     assoc = associate(scu(Verification), server.port)
     try:
