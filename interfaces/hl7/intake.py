@@ -193,7 +193,7 @@ def ack_for_error(exc: Exception) -> Outcome:
     return Outcome(MessageStatus.ERROR, "AE", ErrorDetail("207", f"internal error: {type(exc).__name__}: {exc}"))
 
 
-def refuse_nul_characters(text: str) -> None:
+def refuse_nul_in_message(text: str) -> None:
     """InvalidInput naming the field of the first NUL character (U+0000) of a message: no value the engine keeps may
     hold one (PostgreSQL refuses it in every text column, a modality would get it in the worklist; the HTTP edge
     refuses it too, interfaces.inputs). NULs between frames are the transport's, dropped by the MLLP framer."""
@@ -480,7 +480,7 @@ class HL7Intake:
         training = False
         try:
             training = not check_header(msg, self.settings)
-            refuse_nul_characters(decoded.text)
+            refuse_nul_in_message(decoded.text)
             if profile.strict_structure:
                 validate_structure(decoded.text)
             result = Mapper(profile).commands(msg, ctx)
