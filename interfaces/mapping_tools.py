@@ -50,7 +50,7 @@ from mappings.profile import ProfileSet, ProfilesRefused
 
 def check_folder(folder: Path | str, default: str | None) -> ProfileSet:
     """Every profile of ``folder`` loaded and validated; its ``problems`` say what was refused."""
-    return ProfileSet(folder, default, strict=False, check_interval=0.0)
+    return ProfileSet(folder, default, strict=False, check_interval=0.0, live=False)
 
 
 def plain(value):
@@ -238,7 +238,7 @@ def candidate_folder(base: Path | str, files: dict[str, str | None], into: Path)
 
 def load_side(folder: Path, default: str | None, side: str) -> ProfileSet:
     """Every profile of ``folder``, which must all load (a comparison against a refused file would hide it)."""
-    profiles = ProfileSet(folder, default, strict=False, check_interval=1e9)
+    profiles = ProfileSet(folder, default, strict=False, check_interval=1e9, live=False)
     if profiles.problems:
         raise ProfilesRefused(side, profiles.problems)
     return profiles

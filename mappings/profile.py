@@ -798,8 +798,11 @@ class ProfileSet:
     """
 
     def __init__(self, folder: Path | str, default: str | None = None, *, check_interval: float = 1.0,
-                 strict: bool = True):
+                 strict: bool = True, live: bool = True):
+        """``live`` False: a candidate set an analyst's tool loads (check, compare); what it refuses is the tool's
+        answer, not logged as errors of the running engine."""
         self.folder = Path(folder)
+        self._log_level = logging.ERROR if live else logging.DEBUG
         self.default = default
         self.check_interval = check_interval
         self.profiles: dict[str, Profile] = {}
@@ -834,13 +837,13 @@ class ProfileSet:
             for old in self.profiles.values():
                 if old.name not in profiles and old.file in refused and (self.folder / old.file).exists():
                     profiles[old.name] = old
-                    log.error("mapping profile %s refused; %s stays active", old.file, old.label)
+                    log.log(self._log_level, "mapping profile %s refused; %s stays active", old.file, old.label)
             for name, profile in profiles.items():
                 old = self.profiles.get(name)
                 if old is None or old.version != profile.version:
                     log.info("mapping profile %s loaded from %s", profile.label, profile.file)
             for problem in problems:
-                log.error("mapping profile refused: %s", problem)
+                log.log(self._log_level, "mapping profile refused: %s", problem)
             self.profiles, self.problems, self._chosen = profiles, problems, {}
             self._signature, self._checked = signature, time.monotonic()
             return problems

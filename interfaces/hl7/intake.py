@@ -448,7 +448,8 @@ class HL7Intake:
             self._label_from_header(row, row.raw.decode("latin-1"))
             if not dry_run:
                 store.finish(row, outcome.status, ack=ack, ack_code=outcome.ack_code, error=str(exc))
-            log.info("message %s from %s rejected: %s", row.id, row.peer, exc)
+            log.info("message %s from %s %s: %s", row.id, row.peer,
+                     "would be rejected (dry run, nothing written)" if dry_run else "rejected", exc)
             return Result(ack, outcome.status, outcome.ack_code, str(exc), raw=row.raw), None
 
         row.sender = f"{msg.sending_application}^{msg.sending_facility}"[:255]

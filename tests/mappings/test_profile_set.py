@@ -292,3 +292,16 @@ def test_the_identifier_policy_also_reads_the_prior_identifier_of_a_merge(settin
               "MRG|N-2^^^NATION^NI~H-2^^^HOSP^MR")
     [command] = intake.trial(raw).commands
     assert (command.survivor.patient_id, command.merged.patient_id, command.merged.issuer) == ("H-1", "H-2", "HOSP")
+
+
+@pytest.mark.parametrize("live, errors", [(True, 1), (False, 0)])
+def test_a_candidate_set_reports_its_refusals_without_logging_errors(tmp_path, caplog, live, errors):
+    """The engine's own set logs a refused file as an ERROR; a tool's candidate set (check, compare) answers with
+    it and logs nothing as an error of the running engine (fresh-clone check)."""
+    import logging
+
+    folder = folder_with(tmp_path, broken="name: broken\nextends: default\nfields: {patient.id: {from: [PID-999]}}\n")
+    with caplog.at_level(logging.DEBUG, logger="mappings"):
+        profiles = ProfileSet(folder, "default", strict=False, live=live)
+    assert [p.file for p in profiles.problems] == ["broken.yaml"]
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == errors
