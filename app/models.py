@@ -686,6 +686,21 @@ class Role(str, enum.Enum):
     ADMINISTRATOR = "administrator"
 
 
+class ApiToken(Base):
+    """A bearer token for a system that uses the JSON API or FHIR (``ris token add``): only the SHA-256 of the
+    secret is kept (a token is 256 random bits, so a fast hash is enough); ``role`` says what it may do."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+
 class User(Base):
     """A person who signs in to the web pages; ``password_hash`` is a salted scrypt hash (never the password)."""
 

@@ -277,6 +277,48 @@ def _user(args) -> int:
         engine.dispose()
 
 
+def _token(args) -> int:
+    """Add an API token (its secret printed once), list the tokens, or revoke one."""
+    import getpass
+
+    from app.db import make_engine, make_session_factory, unit_of_work, upgrade
+    from app.errors import DomainError
+    from app.models import ApiToken
+    from app.services import audit, auth
+
+    settings = load_settings()
+    setup_logging("ERROR")
+    engine = make_engine(settings.database)
+    try:
+        upgrade(engine)
+        sessions = make_session_factory(engine)
+        who = f"cli:{getpass.getuser()}"
+        with unit_of_work(sessions) as db:
+            if args.token_command == "list":
+                for token in db.query(ApiToken).order_by(ApiToken.name):
+                    print(f"{token.name}\t{token.role.value}\t{'revoked' if token.revoked else 'active'}"
+                          f"\t{token.created_at:%Y-%m-%d %H:%M} UTC")
+                return 0
+            if args.token_command == "add":
+                token, secret = auth.add_token(db, args.name, args.role)
+                detail = f"added API token {token.name} with role {token.role.value}"
+            else:
+                token, secret = auth.revoke_token(db, args.name), None
+                detail = f"revoked API token {token.name}"
+            audit.record(db, "change", username=who, entity="api_token", entity_id=token.name, detail=detail,
+                         source="localhost", channel="cli")
+        print(f"ris token: {detail}")
+        if secret is not None:
+            print(f"Authorization: Bearer {secret}")
+            print("(shown once: only its digest is kept)", file=sys.stderr)
+        return 0
+    except DomainError as exc:
+        print(f"ris token: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+
+
 def _messages_prune(args) -> int:
     """Delete stored messages older than the retention period now (what the daily job does)."""
     from app.db import make_engine, make_session_factory, upgrade
@@ -365,6 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     user_pw.add_argument("name", metavar="NAME")
     user_pw.set_defaults(func=_user)
     user.add_parser("list", help="list the users and their roles").set_defaults(func=_user)
+    token = sub.add_parser("token", help="bearer tokens for systems using the JSON API and FHIR").add_subparsers(
+        dest="token_command", required=True)
+    token_add = token.add_parser("add", help="add a token and print its secret (once)")
+    token_add.add_argument("name", metavar="NAME", help="who uses it, e.g. his-fhir")
+    token_add.add_argument("--role", required=True,
+                           help="technologist, scheduler, radiologist, analyst (interface analyst) or administrator")
+    token_add.set_defaults(func=_token)
+    token_revoke = token.add_parser("revoke", help="revoke a token: it is refused from then on")
+    token_revoke.add_argument("name", metavar="NAME")
+    token_revoke.set_defaults(func=_token)
+    token.add_parser("list", help="list the tokens, their roles and whether revoked").set_defaults(func=_token)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Role, User, utcnow
+from app.models import ApiToken, Role, User, utcnow
 
 # What each role may do (the pages and API areas check these names).
 PERMISSIONS: dict[str, frozenset[Role]] = {
@@ -99,6 +99,43 @@ def add_user(session: Session, username: str, password: str, role: Role | str, *
     session.add(user)
     session.flush()
     return user
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def add_token(session: Session, name: str, role: Role | str) -> tuple[ApiToken, str]:
+    """A new API token and its secret, which is shown once and never kept (only its digest is)."""
+    name = name.strip()
+    if not _USERNAME.match(name):
+        raise InvalidInput("a token name is 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter "
+                           "or digit", location="name")
+    role = role if isinstance(role, Role) else parse_role(role)
+    if session.scalars(select(ApiToken).where(func.lower(ApiToken.name) == name.lower())).first() is not None:
+        raise Conflict(f"token {name!r} exists (revoke it and add another)", location="name")
+    secret = "ris_" + secrets.token_urlsafe(32)
+    token = ApiToken(name=name, role=role, digest=_digest(secret))
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def token_for(session: Session, secret: str) -> ApiToken | None:
+    """The live token whose secret this is, else None."""
+    if not secret:
+        return None
+    return session.scalars(select(ApiToken).where(ApiToken.digest == _digest(secret),
+                                                  ApiToken.revoked.is_(False))).first()
+
+
+def revoke_token(session: Session, name: str) -> ApiToken:
+    token = session.scalars(select(ApiToken).where(func.lower(ApiToken.name) == name.strip().lower())).first()
+    if token is None:
+        raise NotFound(f"no token {name!r}", location="name")
+    token.revoked = True
+    session.flush()
+    return token
 
 
 def find_user(session: Session, username: str) -> User | None:

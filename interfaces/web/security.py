@@ -155,13 +155,23 @@ def _guard_api():
 
 
 def _token_user() -> bool:
-    """``Authorization: Bearer <RIS_API_TOKEN>`` makes the request the token's (no cookie, so no CSRF check)."""
-    expected = settings().api_token
+    """``Authorization: Bearer <token>`` makes the request the token's (no cookie, so no CSRF check): a token
+    made with ``ris token add`` (its role), or RIS_API_TOKEN (RIS_API_TOKEN_ROLE)."""
     kind, _, sent = request.headers.get("Authorization", "").partition(" ")
-    if not expected or kind.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected.encode()):
+    sent = sent.strip()
+    if kind.lower() != "bearer" or not sent:
         return False
-    g.user = SimpleNamespace(id=None, username="api-token", role=auth.parse_role(settings().api_token_role).value,
-                             full_name="RIS_API_TOKEN")
+    expected = settings().api_token
+    if expected and hmac.compare_digest(sent.encode(), expected.encode()):
+        g.user = SimpleNamespace(id=None, username="api-token",
+                                 role=auth.parse_role(settings().api_token_role).value, full_name="RIS_API_TOKEN")
+        return True
+    with reader() as db:
+        token = auth.token_for(db, sent)
+        if token is None:
+            return False
+        g.user = SimpleNamespace(id=None, username=f"token:{token.name}", role=token.role.value,
+                                 full_name=f"API token {token.name}")
     return True
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from app.db import unit_of_work
-from app.models import AuditEvent, Role, User
+from app.models import ApiToken, AuditEvent, Role, User
 from app.services import auth
 from interfaces.runtime import build_wsgi_app
 from tests.corpus import REPO
@@ -216,6 +216,42 @@ def test_the_api_token_opens_the_api_for_automation(web_settings, session_factor
     with pytest.raises(SettingsError, match="RIS_API_TOKEN_ROLE"):
         build_wsgi_app(dataclasses.replace(web_settings, api_token="x", api_token_role="boss"), session_factory,
                        read_factory)
+
+
+def test_ris_token_add_gives_a_system_its_own_bearer_token_with_a_role(web_settings, db_url, session_factory,
+                                                                        read_factory, intake, tmp_path):
+    """`ris token add NAME --role R` prints the secret once (only its digest is kept); the JSON API and FHIR take it
+    as a bearer token with that role; `ris token revoke` ends it; every change is audited (issue 8)."""
+    env = {**os.environ, "RIS_DATA_DIR": str(tmp_path), "RIS_DATABASE_URL": db_url}
+
+    def ris(*args):
+        return subprocess.run([sys.executable, "-m", "interfaces", "token", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    added = ris("add", "his-fhir", "--role", "scheduler")
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.split("Authorization: Bearer ", 1)[1].strip()
+    assert secret.startswith("ris_") and len(secret) > 40 and "shown once" in added.stderr
+    assert ris("add", "HIS-FHIR", "--role", "analyst").returncode == 1                 # names are unique
+    assert ris("add", "robot", "--role", "nurse").returncode == 1
+    with unit_of_work(session_factory) as db:
+        assert secret not in str([(t.name, t.digest) for t in db.query(ApiToken)])      # never stored as such
+    intake.handle(order_message())
+    app = build_wsgi_app(dataclasses.replace(web_settings, auth_required=True), session_factory, read_factory)
+    client = app.test_client()
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/orders?accession=WEB-ACC", headers=bearer).status_code == 200   # scheduler: orders
+    assert client.get("/api/messages", headers=bearer).status_code == 403                  # not the message store
+    assert client.get("/api/orders", headers={"Authorization": f"Bearer {secret}x"}).status_code == 401
+    assert "his-fhir\tscheduler\tactive" in ris("list").stdout
+    assert ris("revoke", "his-fhir").returncode == 0
+    assert client.get("/api/orders?accession=WEB-ACC", headers=bearer).status_code == 401
+    assert ris("revoke", "nobody").returncode == 1
+    with unit_of_work(session_factory) as db:
+        details = [e.detail for e in db.query(AuditEvent).filter_by(entity="api_token").order_by(AuditEvent.id)]
+        used = db.query(AuditEvent).filter_by(username="token:his-fhir").count()
+    assert details == ["added API token his-fhir with role scheduler", "revoked API token his-fhir"]
+    assert used == 1                                                                      # the order it read
 
 
 def test_password_guessing_is_stopped_after_ten_failures(app, users):

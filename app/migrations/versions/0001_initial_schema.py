@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 07:37:25.072319
+Create Date: 2026-12-04 09:13:49.078276
 """
 from alembic import op
 import sqlalchemy as sa
@@ -15,6 +15,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('api_tokens',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('role', sa.Enum('technologist', 'scheduler', 'radiologist', 'analyst', 'administrator', name='role', native_enum=False, length=24), nullable=False),
+    sa.Column('digest', sa.String(length=64), nullable=False),
+    sa.Column('revoked', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('digest'),
+    sa.UniqueConstraint('name')
+    )
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('at', sa.DateTime(), nullable=False),
@@ -612,3 +624,4 @@ def downgrade() -> None:
         batch_op.drop_index('ix_audit_at')
 
     op.drop_table('audit_events')
+    op.drop_table('api_tokens')
