@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from config.logging import setup_logging
@@ -234,89 +235,91 @@ def _read_password(args) -> str | None:
     return password
 
 
-def _user(args) -> int:
-    """Add a user (the first administrator too), change a password, or list the users."""
-    import getpass
-
-    from app.db import make_engine, make_session_factory, unit_of_work, upgrade
-    from app.errors import DomainError
-    from app.models import User
-    from app.services import audit, auth
+@contextlib.contextmanager
+def _admin_sessions():
+    """The session factory of an administration command on the configured database (schema brought up to date),
+    the engine disposed afterwards."""
+    from app.db import make_engine, make_session_factory, upgrade
 
     settings = load_settings()
     setup_logging("ERROR")
     engine = make_engine(settings.database)
     try:
         upgrade(engine)
-        sessions = make_session_factory(engine)
-        if args.user_command == "list":
-            with unit_of_work(sessions) as db:
-                for user in db.query(User).order_by(User.username):
-                    print(f"{user.username}\t{user.role.value}\t{'active' if user.active else 'inactive'}"
-                          f"\t{user.full_name}")
-            return 0
-        password = _read_password(args)
-        if password is None:
-            return 2
-        who = f"cli:{getpass.getuser()}"
-        with unit_of_work(sessions) as db:
-            if args.user_command == "add":
-                user = auth.add_user(db, args.name, password, args.role, full_name=args.full_name)
-                detail = f"added user {user.username} with role {user.role.value}"
-            else:
-                user = auth.set_password(db, args.name, password)
-                detail = f"changed the password of {user.username}"
-            audit.record(db, "change", username=who, entity="user", entity_id=user.username, detail=detail,
-                         source="localhost", channel="cli")
-        print(f"ris user: {detail}")
-        return 0
-    except DomainError as exc:
-        print(f"ris user: {exc.message}", file=sys.stderr)
-        return 1
+        yield make_session_factory(engine)
     finally:
         engine.dispose()
+
+
+def _user(args) -> int:
+    """Add a user (the first administrator too), change a password, or list the users."""
+    import getpass
+
+    from app.db import unit_of_work
+    from app.errors import DomainError
+    from app.models import User
+    from app.services import audit, auth
+
+    with _admin_sessions() as sessions:
+        try:
+            if args.user_command == "list":
+                with unit_of_work(sessions) as db:
+                    for user in db.query(User).order_by(User.username):
+                        print(f"{user.username}\t{user.role.value}\t{'active' if user.active else 'inactive'}"
+                              f"\t{user.full_name}")
+                return 0
+            password = _read_password(args)
+            if password is None:
+                return 2
+            with unit_of_work(sessions) as db:
+                if args.user_command == "add":
+                    user = auth.add_user(db, args.name, password, args.role, full_name=args.full_name)
+                    detail = f"added user {user.username} with role {user.role.value}"
+                else:
+                    user = auth.set_password(db, args.name, password)
+                    detail = f"changed the password of {user.username}"
+                audit.record(db, "change", username=f"cli:{getpass.getuser()}", entity="user",
+                             entity_id=user.username, detail=detail, source="localhost", channel="cli")
+            print(f"ris user: {detail}")
+            return 0
+        except DomainError as exc:
+            print(f"ris user: {exc.message}", file=sys.stderr)
+            return 1
 
 
 def _token(args) -> int:
     """Add an API token (its secret printed once), list the tokens, or revoke one."""
     import getpass
 
-    from app.db import make_engine, make_session_factory, unit_of_work, upgrade
+    from app.db import unit_of_work
     from app.errors import DomainError
     from app.models import ApiToken
     from app.services import audit, auth
 
-    settings = load_settings()
-    setup_logging("ERROR")
-    engine = make_engine(settings.database)
-    try:
-        upgrade(engine)
-        sessions = make_session_factory(engine)
-        who = f"cli:{getpass.getuser()}"
-        with unit_of_work(sessions) as db:
-            if args.token_command == "list":
-                for token in db.query(ApiToken).order_by(ApiToken.name):
-                    print(f"{token.name}\t{token.role.value}\t{'revoked' if token.revoked else 'active'}"
-                          f"\t{token.created_at:%Y-%m-%d %H:%M} UTC")
-                return 0
-            if args.token_command == "add":
-                token, secret = auth.add_token(db, args.name, args.role)
-                detail = f"added API token {token.name} with role {token.role.value}"
-            else:
-                token, secret = auth.revoke_token(db, args.name), None
-                detail = f"revoked API token {token.name}"
-            audit.record(db, "change", username=who, entity="api_token", entity_id=token.name, detail=detail,
-                         source="localhost", channel="cli")
-        print(f"ris token: {detail}")
-        if secret is not None:
-            print(f"Authorization: Bearer {secret}")
-            print("(shown once: only its digest is kept)", file=sys.stderr)
-        return 0
-    except DomainError as exc:
-        print(f"ris token: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
+    with _admin_sessions() as sessions:
+        try:
+            with unit_of_work(sessions) as db:
+                if args.token_command == "list":
+                    for token in db.query(ApiToken).order_by(ApiToken.name):
+                        print(f"{token.name}\t{token.role.value}\t{'revoked' if token.revoked else 'active'}"
+                              f"\t{token.created_at:%Y-%m-%d %H:%M} UTC")
+                    return 0
+                if args.token_command == "add":
+                    token, secret = auth.add_token(db, args.name, args.role)
+                    detail = f"added API token {token.name} with role {token.role.value}"
+                else:
+                    token, secret = auth.revoke_token(db, args.name), None
+                    detail = f"revoked API token {token.name}"
+                audit.record(db, "change", username=f"cli:{getpass.getuser()}", entity="api_token",
+                             entity_id=token.name, detail=detail, source="localhost", channel="cli")
+            print(f"ris token: {detail}")
+            if secret is not None:
+                print(f"Authorization: Bearer {secret}")
+                print("(shown once: only its digest is kept)", file=sys.stderr)
+            return 0
+        except DomainError as exc:
+            print(f"ris token: {exc.message}", file=sys.stderr)
+            return 1
 
 
 def _messages_prune(args) -> int:
