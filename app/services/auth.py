@@ -113,7 +113,8 @@ def add_token(session: Session, name: str, role: Role | str) -> tuple[ApiToken, 
                            "or digit", location="name")
     role = role if isinstance(role, Role) else parse_role(role)
     if session.scalars(select(ApiToken).where(func.lower(ApiToken.name) == name.lower())).first() is not None:
-        raise Conflict(f"token {name!r} exists (revoke it and add another)", location="name")
+        raise Conflict(f"token {name!r} exists (names are never reused, also once revoked: choose another)",
+                       location="name")
     secret = "ris_" + secrets.token_urlsafe(32)
     token = ApiToken(name=name, role=role, digest=_digest(secret))
     session.add(token)
