@@ -427,26 +427,32 @@ def test_bug06_split_frame_over_mllp_is_one_message(mllp_intake, session_factory
     import json
     import socket
 
-    from interfaces.mllp.framing import FrameReader
-
     chunks = [bytes.fromhex(c) for c in
               json.loads(corpus_path("bugs", "bug06_mllp_split_chunks.json").read_text())["chunks_hex"]]
     with socket.create_connection(("127.0.0.1", mllp_intake.port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for chunk in chunks:
             sock.sendall(chunk)
-        reader, events = FrameReader(), []
-        for _ in range(100):  # bounded: one reply frame is expected
-            data = sock.recv(4096)
-            if not data:
-                break
-            events.extend(reader.feed(data))
-            if events:
-                break
-    [reply] = events
+        reply = _one_reply(sock)
     assert b"MSA|AA|B06-1" in reply.payload
     [row] = stored_rows(session_factory)
     assert row.raw == b"".join(chunks)[1:-2] and row.ack_code == "AA"
+
+
+def _one_reply(sock):
+    """The one reply frame the engine sends back (bounded: at most 100 reads)."""
+    from interfaces.mllp.framing import FrameReader
+
+    reader, events = FrameReader(), []
+    for _ in range(100):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        events.extend(reader.feed(chunk))
+        if events:
+            break
+    [reply] = events
+    return reply
 
 
 @pytest.mark.corpus
@@ -454,22 +460,13 @@ def test_bug08_70kb_order_over_mllp_in_1kb_writes(mllp_intake, session_factory, 
     import socket
 
     from interfaces.mllp import frame
-    from interfaces.mllp.framing import FrameReader
 
     raw = corpus_path("bugs", "bug08_orm_with_70kb_of_notes.hl7").read_bytes()
     data = frame(raw)
     with socket.create_connection(("127.0.0.1", mllp_intake.port), timeout=10) as sock:
         for start in range(0, len(data), 1024):
             sock.sendall(data[start:start + 1024])
-        reader, events = FrameReader(), []
-        for _ in range(100):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            events.extend(reader.feed(chunk))
-            if events:
-                break
-    [reply] = events
+        reply = _one_reply(sock)
     assert b"MSA|AA|" in reply.payload
     [row] = stored_rows(session_factory)
     assert row.raw == raw and row.size > 70_000
